@@ -1,0 +1,5 @@
+import sys
+
+from choria_broker_adapters.cli import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""The `choria-broker-adapters` command line.
+
+Each sub-command is one module in this package exposing:
+
+    NAME: str                      the sub-command word
+    HELP: str                      one line for the command list
+    DESCRIPTION: str               the longer text shown by `<command> --help`
+    def add_arguments(parser): ... argparse arguments of the command
+    def run(args) -> int: ...      the exit status
+
+Modules are discovered, so adding a command is adding one module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from choria_broker_adapters import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: what service managers expect for a bad configuration
+
+# The order commands are listed in `--help`; discovered commands not named here follow.
+PREFERRED_ORDER = ("run", "check", "decode", "render", "streams", "demo")
+
+EPILOG = """\
+typical use:
+  choria-broker-adapters demo                                  see the whole flow on a local nats-server
+  choria-broker-adapters check --config /etc/choria/broker.conf   validate a configuration
+  choria-broker-adapters run --config /etc/choria/broker.conf     run every configured adapter
+
+exit status: 0 success, 1 failure, 2 usage error, 78 configuration error
+"""
+
+
+def _command_modules() -> list[ModuleType]:
+    modules = [
+        importlib.import_module(f"{__name__}.{info.name}")
+        for info in pkgutil.iter_modules(__path__)
+        if not info.name.startswith("_")
+    ]
+    commands = [m for m in modules if hasattr(m, "NAME") and hasattr(m, "run")]
+
+    def order(module: ModuleType) -> tuple[int, str]:
+        name = module.NAME
+        rank = PREFERRED_ORDER.index(name) if name in PREFERRED_ORDER else len(PREFERRED_ORDER)
+        return rank, name
+
+    return sorted(commands, key=order)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="choria-broker-adapters",
+        description=(
+            "Run Choria protocol adapters: read Choria registration and reply messages from the "
+            "Choria network and store them in NATS JetStream, configured with the same broker.conf "
+            "keys as the Go Choria broker (plugin.choria.adapter.NAME.*)."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _command_modules():
+        sub = subparsers.add_parser(
+            module.NAME,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
