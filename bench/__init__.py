@@ -1,0 +1,1 @@
+"""Benchmark of the runtime against two reference bridges (see bench/run --help)."""
