@@ -1,9 +1,10 @@
 """Decode and encode for the reference bridges.
 
 The bridges should spend exactly the same decode/encode work as the runtime, so they use the
-project's own functions (`choria_broker_adapters.protocol` and `.output`) when those exist.
-Until they land, a small local stand-in handles what the benchmark sends (v1 requests) with
-the same output bytes; `IMPLEMENTATION` says which one is in use, and the harness reports it.
+project's own functions (`choria_broker_adapters.protocol.decode`, `output.encode_output`,
+`output.output_subject`, `output.message_id`). Should those fail to import, a small local
+stand-in handles what the benchmark sends (v1 requests) with the same output bytes;
+`IMPLEMENTATION` says which one is in use, and the harness reports it.
 """
 
 from __future__ import annotations
@@ -72,9 +73,34 @@ def _local_message_id(envelope: BenchEnvelope) -> str:
     return f"{envelope.sender}.{envelope.requestid}"
 
 
-decode = _local_decode
-encode = _local_encode
-subject = _local_subject
-message_id = _local_message_id
-DecodeError: type[Exception] = BenchDecodeError
-IMPLEMENTATION = "bench-local stand-in (project protocol/output modules not available yet)"
+def _project_codec() -> tuple[Any, Any, Any, Any, tuple[type[Exception], ...]] | str:
+    """The project's decode/encode functions, or why they cannot be used."""
+    try:
+        from choria_broker_adapters import output, protocol
+    except Exception as error:  # missing, or mid-edit in a shared tree: use the stand-in
+        return f"{type(error).__name__}: {error}"
+
+    def decode(body: bytes) -> Any:
+        return protocol.decode(body, protocol="request", security_provider="puppet")
+
+    def encode(envelope: Any) -> bytes:
+        return output.encode_output(envelope, adapter_type="jetstream")
+
+    def subject(topic: str, envelope: Any) -> str:
+        return output.output_subject(topic, envelope.sender)
+
+    return decode, encode, subject, output.message_id, (protocol.DecodeError, output.OutputError)
+
+
+_project = _project_codec()
+if isinstance(_project, str):
+    decode: Any = _local_decode
+    encode: Any = _local_encode
+    subject: Any = _local_subject
+    message_id: Any = _local_message_id
+    # what the bridges catch: a message that cannot be decoded or encoded is dropped
+    DecodeError: tuple[type[Exception], ...] = (BenchDecodeError,)
+    IMPLEMENTATION = f"bench-local stand-in (project protocol/output modules unusable: {_project})"
+else:
+    decode, encode, subject, message_id, DecodeError = _project
+    IMPLEMENTATION = "choria_broker_adapters.protocol.decode + output.encode_output/output_subject/message_id"

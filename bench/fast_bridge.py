@@ -113,11 +113,10 @@ async def bridge(args: argparse.Namespace) -> None:
     async def handle(msg: Msg) -> None:
         try:
             envelope = codec.decode(msg.data)
+            subject, body = codec.subject(args.topic, envelope), codec.encode(envelope)
         except codec.DecodeError:
             return
-        await publisher.publish(
-            codec.subject(args.topic, envelope), codec.encode(envelope), codec.message_id(envelope)
-        )
+        await publisher.publish(subject, body, codec.message_id(envelope))
 
     await ingest.subscribe(
         args.ingest_subject,
@@ -137,7 +136,14 @@ async def bridge(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    asyncio.run(bridge(parse_args(argv)))
+    args = parse_args(argv)
+    try:  # the ceiling: the faster event loop when installed, as the runtime does
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:
+        run = asyncio.run
+    run(bridge(args))
     return 0
 
 

@@ -40,13 +40,10 @@ async def bridge(args: argparse.Namespace) -> None:
     async def handle(msg: Msg) -> None:
         try:
             envelope = codec.decode(msg.data)
+            subject, body = codec.subject(args.topic, envelope), codec.encode(envelope)
         except codec.DecodeError:
             return
-        await js.publish(
-            codec.subject(args.topic, envelope),
-            codec.encode(envelope),
-            headers={"Nats-Msg-Id": codec.message_id(envelope)},
-        )
+        await js.publish(subject, body, headers={"Nats-Msg-Id": codec.message_id(envelope)})
 
     await ingest.subscribe(args.ingest_subject, queue="nats_ingest_bench", cb=handle)
 
