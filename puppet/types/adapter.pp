@@ -5,7 +5,7 @@
 # both with different values, fails in `choria::broker`.
 type Choria::Adapter = Struct[{
     Optional['type']           => Choria::Adapter::Type,
-    Optional['queue_len']      => Integer[1],
+    Optional['queue_len']      => Integer[1, 10000000],
     Optional['shutdown_grace'] => Choria::Duration,
     'ingest'                   => Choria::Adapter::Ingest,
     Optional['stream']         => Choria::Adapter::Stream,

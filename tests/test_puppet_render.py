@@ -1,0 +1,391 @@
+"""Real `puppet apply` of class choria::broker against the Python renderer, byte for byte.
+
+Each data set in tests/data/render/ is hiera-style YAML. It reaches Puppet either as the site's
+hiera data (with `include choria::broker`) or as the parameters of a resource-like class
+declaration in a manifest; either way the file Puppet writes must equal
+`render_broker_config(data)`. Bad data must fail under both, each naming the key.
+
+Every `puppet apply` runs isolated in its own temporary confdir/vardir/codedir/ssldir/publicdir
+with its own hiera.yaml, facts from a JSON file (no facter run, nothing read from the host), and
+a module path holding only a `choria` symlink to this repository's puppet/ directory. The runs
+are independent, so they go two at a time.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from choria_broker_adapters.render import RenderError, render_broker_config
+
+pytestmark = [
+    pytest.mark.puppet,
+    pytest.mark.skipif(shutil.which("puppet") is None, reason="puppet is not installed (scripts/setup)"),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE = REPO / "puppet"
+DATA = Path(__file__).parent / "data" / "render"
+CERTNAME = "puppet-test.example.net"
+PARALLEL_RUNS = 2
+
+
+@dataclass(frozen=True)
+class PuppetRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    config_file: Path
+    seconds: float
+
+    @property
+    def content(self) -> str | None:
+        return self.config_file.read_text(encoding="utf-8") if self.config_file.exists() else None
+
+
+def puppet_literal(value: Any) -> str:
+    """A Python value from YAML as Puppet source."""
+    if value is None:
+        return "undef"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list):
+        return "[" + ", ".join(puppet_literal(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        pairs = (f"{puppet_literal(key)} => {puppet_literal(item)}" for key, item in value.items())
+        return "{" + ", ".join(pairs) + "}"
+    raise TypeError(f"no Puppet literal for {value!r}")
+
+
+def run_keys(config_file: Path) -> dict[str, Any]:
+    """What every test run sets: a file in the run's directory, no service, owned by us."""
+    return {
+        "choria::broker::config_file": str(config_file),
+        "choria::broker::manage_service": False,
+        "choria::broker::config_owner": pwd.getpwuid(os.getuid()).pw_name,
+        "choria::broker::config_group": grp.getgrgid(os.getgid()).gr_name,
+    }
+
+
+def puppet_apply(workdir: Path, data: Mapping[str, Any], *, via: str) -> PuppetRun:
+    """Apply choria::broker with `data` (hiera keys) given `via` "hiera" or "manifest"."""
+    for name in ("conf", "var", "code", "ssl", "public", "modules", "hieradata", "facts/facts"):
+        (workdir / name).mkdir(parents=True, exist_ok=True)
+    (workdir / "modules" / "choria").symlink_to(MODULE)
+    # Facts from JSON (the facts_terminus json reads <client_datadir>/facts/<certname>.json);
+    # clientcert is what puppet apply turns into $trusted['certname'].
+    facts = {
+        "name": CERTNAME,
+        "values": {
+            "clientcert": CERTNAME,
+            "fqdn": CERTNAME,
+            "kernel": "Linux",
+            "os": {"family": "Debian", "name": "Debian", "release": {"major": "12"}},
+            "networking": {"fqdn": CERTNAME, "domain": "example.net"},
+        },
+    }
+    (workdir / "facts" / "facts" / f"{CERTNAME}.json").write_text(json.dumps(facts))
+    (workdir / "hiera.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "version": 5,
+                "defaults": {"datadir": str(workdir / "hieradata"), "data_hash": "yaml_data"},
+                "hierarchy": [{"name": "site", "path": "site.yaml"}],
+            }
+        )
+    )
+    config_file = workdir / "broker.conf"
+    if via == "hiera":
+        hiera = {**data, **run_keys(config_file)}
+        manifest = "include choria::broker\n"
+    elif via == "manifest":
+        hiera = {}
+        parameters = {**data, **run_keys(config_file)}
+        body = "".join(
+            f"  {key.removeprefix('choria::broker::')} => {puppet_literal(value)},\n"
+            for key, value in parameters.items()
+            if key.startswith("choria::broker::")
+        )
+        manifest = f"class {{ 'choria::broker':\n{body}}}\n"
+    else:
+        raise ValueError(via)
+    (workdir / "hieradata" / "site.yaml").write_text(yaml.safe_dump(hiera))
+    (workdir / "site.pp").write_text(manifest)
+    command = [
+        "puppet", "apply",
+        "--confdir", str(workdir / "conf"),
+        "--vardir", str(workdir / "var"),
+        "--codedir", str(workdir / "code"),
+        "--ssldir", str(workdir / "ssl"),
+        "--publicdir", str(workdir / "public"),
+        "--hiera_config", str(workdir / "hiera.yaml"),
+        "--modulepath", str(workdir / "modules"),
+        "--certname", CERTNAME,
+        "--facts_terminus", "json",
+        "--client_datadir", str(workdir / "facts"),
+        "--detailed-exitcodes",
+        "--color", "false",
+        str(workdir / "site.pp"),
+    ]  # fmt: skip
+    started = time.monotonic()
+    # HOME points into the run so nothing under the real home directory is read or written.
+    environment = {**os.environ, "HOME": str(workdir), "LANG": "C.UTF-8"}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+    return PuppetRun(result.returncode, result.stdout, result.stderr, config_file, time.monotonic() - started)
+
+
+def load(name: str) -> dict[str, Any]:
+    return yaml.safe_load((DATA / f"{name}.yaml").read_text(encoding="utf-8"))
+
+
+# (data set, how Puppet gets it). Every file in tests/data/render/ appears at least once.
+VALID_CASES: list[tuple[str, str]] = [
+    ("docs_node_data", "manifest"),
+    ("docs_node_data", "hiera"),
+    ("top_level_type", "manifest"),
+    ("two_adapters_unsorted", "hiera"),
+    ("two_adapters_unsorted", "manifest"),
+    ("minimal_defaults", "hiera"),
+    ("all_optional_keys", "hiera"),
+    ("file_security", "manifest"),
+    ("puppet_ssldir_servers", "manifest"),
+    ("many_adapters", "hiera"),
+    ("type_in_both_places", "manifest"),
+    ("large_scale_docs", "hiera"),
+    ("durations_and_limits", "manifest"),
+    ("site_hiera_with_other_classes", "hiera"),
+]
+
+NODE_DATA = {"type": "choria_streams", "ingest": {"topic": "choria.discovery", "protocol": "request"}}
+
+# (case id, data, what Puppet's message must contain, the key RenderError must name)
+BAD_CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    (
+        "type_not_in_enum",
+        {"choria::broker::adapters": {"node_data": {**NODE_DATA, "type": "nats_stream"}}},
+        "parameter 'adapters' entry 'node_data' entry 'type' expects a match for Choria::Adapter::Type",
+        "choria::broker::adapters.node_data.type",
+    ),
+    (
+        "stream_type_not_in_enum",
+        {
+            "choria::broker::adapters": {
+                "node_data": {"ingest": {"topic": "a"}, "stream": {"type": "Choria_Streams"}}
+            }
+        },
+        "entry 'node_data' entry 'stream' entry 'type' expects a match for Choria::Adapter::Type",
+        "choria::broker::adapters.node_data.stream.type",
+    ),
+    (
+        "ingest_workers_0",
+        {"choria::broker::adapters": {"node_data": {**NODE_DATA, "ingest": {"topic": "a", "workers": 0}}}},
+        "entry 'ingest' entry 'workers' expects an Integer[1, 100] value, got Integer[0, 0]",
+        "choria::broker::adapters.node_data.ingest.workers",
+    ),
+    (
+        "stream_workers_101",
+        {"choria::broker::adapters": {"node_data": {**NODE_DATA, "stream": {"workers": 101}}}},
+        "entry 'node_data' entry 'stream' entry 'workers' expects an Integer[1, 100] value",
+        "choria::broker::adapters.node_data.stream.workers",
+    ),
+    (
+        "newline_in_topic",
+        {
+            "choria::broker::adapters": {
+                "node_data": {**NODE_DATA, "ingest": {"topic": "x\nplugin.choria.adapters = evil"}}
+            }
+        },
+        "entry 'node_data' entry 'ingest' entry 'topic' expects a match for Choria::Subject",
+        "choria::broker::adapters.node_data.ingest.topic",
+    ),
+    (
+        "carriage_return_in_identity",
+        {"choria::broker::identity": "broker1\rplugin.choria.adapters = evil"},
+        "parameter 'identity' expects a match for Choria::SingleLine",
+        "choria::broker::identity",
+    ),
+    (
+        "bad_adapter_name",
+        {"choria::broker::adapters": {"node data": NODE_DATA}},
+        "parameter 'adapters' key of entry 'node data' expects a match for Choria::Name",
+        "choria::broker::adapters",
+    ),
+    (
+        "quoted_workers",
+        {"choria::broker::adapters": {"node_data": {**NODE_DATA, "stream": {"workers": "10"}}}},
+        "entry 'node_data' entry 'stream' entry 'workers' expects an Integer value, got String",
+        "choria::broker::adapters.node_data.stream.workers",
+    ),
+    (
+        "quoted_stats_port",
+        {"choria::broker::stats_port": "8222"},
+        "parameter 'stats_port' expects an Integer value, got String",
+        "choria::broker::stats_port",
+    ),
+    (
+        "types_disagree",
+        {
+            "choria::broker::adapters": {
+                "node_data": {**NODE_DATA, "type": "jetstream", "stream": {"type": "choria_streams"}}
+            }
+        },
+        "choria::broker::adapters.node_data.type: 'jetstream' disagrees with stream.type 'choria_streams'",
+        "choria::broker::adapters.node_data.type",
+    ),
+    (
+        "type_missing",
+        {"choria::broker::adapters": {"node_data": {"ingest": {"topic": "a"}}}},
+        "choria::broker::adapters.node_data.type: expects a value",
+        "choria::broker::adapters.node_data.type",
+    ),
+    (
+        "server_without_port",
+        {
+            "choria::broker::adapters": {
+                "node_data": {**NODE_DATA, "stream": {"servers": ["js1.example.net"]}}
+            }
+        },
+        "entry 'node_data' entry 'stream' entry 'servers' index 0 expects a match for Choria::Server",
+        "choria::broker::adapters.node_data.stream.servers[0]",
+    ),
+    (
+        "file_provider_without_key",
+        {
+            "choria::broker::security_provider": "file",
+            "choria::broker::file_certificate": "/etc/choria/cert.pem",
+            "choria::broker::file_ca": "/etc/choria/ca.pem",
+        },
+        "choria::broker::file_key: expects a path when security_provider is 'file'",
+        "choria::broker::file_key",
+    ),
+]
+
+
+def _case_id(case: tuple[str, str]) -> str:
+    return f"{case[0]}-{case[1]}"
+
+
+@pytest.fixture(scope="module")
+def puppet_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, PuppetRun]]:
+    """Every valid and bad case applied once, two at a time; keyed by case id."""
+    root = tmp_path_factory.mktemp("puppet")
+    jobs: dict[str, tuple[dict[str, Any], str]] = {
+        _case_id(case): (load(case[0]), case[1]) for case in VALID_CASES
+    }
+    jobs.update({f"bad-{case_id}": (data, "hiera") for case_id, data, _, _ in BAD_CASES})
+    jobs["bad-newline_in_topic-manifest"] = (BAD_CASES[4][1], "manifest")
+    jobs["certname_identity"] = ({"choria::broker::adapters": {"node_data": NODE_DATA}}, "hiera")
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=PARALLEL_RUNS) as pool:
+        futures = {
+            case_id: pool.submit(puppet_apply, root / case_id, data, via=via)
+            for case_id, (data, via) in jobs.items()
+        }
+        runs = {case_id: future.result() for case_id, future in futures.items()}
+    elapsed = time.monotonic() - started
+    slowest = max(run.seconds for run in runs.values())
+    print(f"\n{len(runs)} puppet apply runs in {elapsed:.1f} s (slowest {slowest:.1f} s)")
+    yield runs
+
+
+@pytest.mark.parametrize("case", VALID_CASES, ids=_case_id)
+def test_puppet_and_python_write_the_same_bytes(
+    case: tuple[str, str], puppet_runs: dict[str, PuppetRun]
+) -> None:
+    run = puppet_runs[_case_id(case)]
+    # --detailed-exitcodes: 2 = changes applied without failures (the file was created).
+    assert run.returncode == 2, run.stderr + run.stdout
+    assert run.content == render_broker_config(load(case[0]))
+    assert run.config_file.stat().st_mode & 0o777 == 0o640
+
+
+def test_every_data_set_is_in_the_table() -> None:
+    assert {path.stem for path in DATA.glob("*.yaml")} == {name for name, _ in VALID_CASES}
+
+
+def test_the_documented_form_renders_the_adapter_level_type(puppet_runs: dict[str, PuppetRun]) -> None:
+    content = puppet_runs["docs_node_data-manifest"].content or ""
+    assert "plugin.choria.adapter.node_data.type = choria_streams\n" in content
+    assert "stream.type" not in content
+
+
+def test_empty_servers_are_left_out(puppet_runs: dict[str, PuppetRun]) -> None:
+    content = puppet_runs["two_adapters_unsorted-hiera"].content or ""
+    assert "plugin.choria.adapter.replies.stream.servers" not in content
+    servers = "choria1.example.net:4222, choria2.example.net:4222"
+    assert f"plugin.choria.adapter.discovery.stream.servers = {servers}\n" in content
+
+
+def test_hash_order_does_not_change_the_file(puppet_runs: dict[str, PuppetRun]) -> None:
+    """Sample 02's keys are unsorted; a sorted copy of the data must give the same file."""
+
+    def sorted_deep(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: sorted_deep(value[key]) for key in sorted(value)}
+        return value
+
+    assert puppet_runs["two_adapters_unsorted-hiera"].content == render_broker_config(
+        sorted_deep(load("two_adapters_unsorted"))
+    )
+
+
+def test_puppet_defaults_identity_to_the_certname(puppet_runs: dict[str, PuppetRun]) -> None:
+    run = puppet_runs["certname_identity"]
+    assert run.returncode == 2, run.stderr
+    expected = render_broker_config(
+        {"choria::broker::identity": CERTNAME, "choria::broker::adapters": {"node_data": NODE_DATA}}
+    )
+    assert run.content == expected
+
+
+@pytest.mark.parametrize(
+    ("case_id", "data", "puppet_message", "key"), BAD_CASES, ids=[c[0] for c in BAD_CASES]
+)
+def test_bad_data_fails_in_puppet_and_python_naming_the_key(
+    case_id: str, data: dict[str, Any], puppet_message: str, key: str, puppet_runs: dict[str, PuppetRun]
+) -> None:
+    run = puppet_runs[f"bad-{case_id}"]
+    assert run.returncode == 1
+    assert puppet_message in run.stderr
+    assert run.content is None
+    with pytest.raises(RenderError) as raised:
+        render_broker_config(data)
+    assert raised.value.key == key
+    assert str(raised.value).startswith(f"{key}: ")
+
+
+def test_injection_is_rejected_from_a_manifest_too(puppet_runs: dict[str, PuppetRun]) -> None:
+    run = puppet_runs["bad-newline_in_topic-manifest"]
+    assert run.returncode == 1
+    assert "entry 'node_data' entry 'ingest' entry 'topic' expects a match for Choria::Subject" in run.stderr
+
+
+def test_module_defaults_match_the_python_renderer() -> None:
+    from choria_broker_adapters.render import MODULE_DEFAULTS
+
+    common = yaml.safe_load((MODULE / "data" / "common.yaml").read_text())
+    defaults = {
+        key.removeprefix("choria::broker::"): value
+        for key, value in common.items()
+        if key != "lookup_options"
+    }
+    # Puppet's identity default is the node's certname, which render cannot know.
+    assert defaults.pop("identity") == "%{trusted.certname}"
+    assert defaults == {key: value for key, value in MODULE_DEFAULTS.items() if key != "identity"}
