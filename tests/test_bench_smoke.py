@@ -100,13 +100,10 @@ def test_foreign_request_ids_are_not_stamps(request_id: str) -> None:
 def test_generated_messages_decode_to_their_sender_and_request_id(input_name: str) -> None:
     template = load_template(input_name)
     request_id = make_request_id("c", 42, 1700000000123456789)
-    envelope = codec.decode(template.render(sender_name(42), request_id))
-    assert (envelope.sender, envelope.requestid) == ("node00042.bench.example.net", request_id)
-    expected = json.loads(
-        (REPO / "tests/data/protocol/examples" / INPUTS[input_name] / "expected_output.json").read_bytes()
-    )
-    output = json.loads(codec.encode(envelope))
-    assert output["data"] == expected["data"]  # the payload is untouched by the substitution
+    output = json.loads(codec.encode(codec.decode(template.render(sender_name(42), request_id))))
+    assert (output["sender"], output["requestid"]) == ("node00042.bench.example.net", request_id)
+    example = REPO / "tests/data/protocol/examples" / INPUTS[input_name] / "expected_output.json"
+    assert output["data"] == json.loads(example.read_bytes())["data"]  # the payload is untouched
 
 
 def test_quick_benchmark_runs_tiny_and_loses_nothing() -> None:
