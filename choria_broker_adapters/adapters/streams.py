@@ -1,0 +1,462 @@
+"""The Choria Streams adapter (types `choria_streams` and `jetstream`).
+
+    ingest workers ─decode─► WorkQueue (queue_len) ─► stream workers ─encode─► AckedPublisher ─► JetStream
+
+Ingest workers queue-subscribe to `ingest.topic` in group `nats_ingest_NAME`, one NATS
+connection each, decode every message and offer it to the bounded queue; a full queue drops
+the message with a count and a rate-limited warning instead of blocking the NATS client into
+a slow-consumer disconnect. Stream workers, one connection each, encode the output document
+and hand it to an acknowledged, windowed publisher that retries with the same Nats-Msg-Id.
+Every message received is either stored or counted under a drop reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from choria_broker_adapters.connect import connect_options, connect_with_backoff
+from choria_broker_adapters.jetstream import AckedPublisher, PublishOutcome, PublishResult, stream_for_subject
+from choria_broker_adapters.logs import RateLimitedWarning, adapter_logger
+from choria_broker_adapters.output import OutputError, encode_output, message_id, output_subject
+from choria_broker_adapters.protocol import DecodeError, Envelope, decode
+from choria_broker_adapters.settings import AdapterSettings, Settings
+from choria_broker_adapters.stats import DROP_REASONS, Metrics, WorkerMetrics
+
+# Per ingest subscription: generous so bursts queue in the client rather than being cut as
+# slow-consumer drops (nats-py's defaults cost a quarter of an unpaced 200k burst here).
+PENDING_MSGS_LIMIT = 1_000_000
+PENDING_BYTES_LIMIT = 256 * 1024 * 1024
+
+
+class WorkQueue:
+    """A bounded FIFO between ingest and stream workers; `offer` never waits."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: deque[Envelope] = deque()
+        self._not_empty = asyncio.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, item: Envelope) -> bool:
+        if len(self._items) >= self.capacity:
+            return False
+        self._items.append(item)
+        self._not_empty.set()
+        return True
+
+    async def take(self) -> Envelope | None:
+        """The next item; None once the queue is closed and empty."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._not_empty.clear()
+            await self._not_empty.wait()
+        return self._items.popleft()
+
+    def close(self) -> None:
+        self._closed = True
+        self._not_empty.set()
+
+    def drain_remaining(self) -> int:
+        count = len(self._items)
+        self._items.clear()
+        return count
+
+
+@dataclass
+class _StreamWorker:
+    index: int
+    name: str
+    metrics: WorkerMetrics
+    nc: Client | None = None
+    publisher: AckedPublisher | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _IngestWorker:
+    index: int
+    name: str
+    metrics: WorkerMetrics
+    nc: Client | None = None
+    task: asyncio.Task[None] | None = None
+    subscribed: bool = False
+
+
+@dataclass
+class AdapterState:
+    """What `/choria/` reports about one adapter."""
+
+    name: str
+    type: str
+    ingest_connected: int = 0
+    stream_connected: int = 0
+    queued: int = 0
+    in_flight: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class StreamsAdapter:
+    """One configured adapter: its ingest workers, queue and stream workers."""
+
+    def __init__(
+        self,
+        adapter: AdapterSettings,
+        broker: Settings,
+        metrics: Metrics,
+        *,
+        disable_tls: bool = False,
+    ) -> None:
+        self.adapter = adapter
+        self.broker = broker
+        self.metrics = metrics
+        self.disable_tls = disable_tls
+        self.name = adapter.name
+        self.log = adapter_logger(self.name)
+        self.queue = WorkQueue(adapter.queue_len)
+        self._stopping = asyncio.Event()
+        self._ingest_stopped = False
+        self._decode_request = adapter.ingest_protocol == "request"
+        self._counts = {"received": 0, "stored": 0, "duplicates": 0, "retries": 0}
+        self._drops = {reason: metrics.drop_counter(self.name, reason) for reason in DROP_REASONS}
+        self._drop_counts = dict.fromkeys(self._drops, 0)
+        self._retries = metrics.retries.labels(self.name, metrics.identity)
+        self._duplicates = metrics.duplicates.labels(self.name, metrics.identity)
+        metrics.queue_capacity.labels(self.name, metrics.identity).set(adapter.queue_len)
+        metrics.queue_length.labels(self.name, metrics.identity).set_function(lambda: len(self.queue))
+        metrics.in_flight.labels(self.name, metrics.identity).set_function(self._in_flight)
+        self._ingest = [
+            _IngestWorker(i, f"{self.name}.{i}", metrics.worker(f"{self.name}.{i}", "input"))
+            for i in range(adapter.ingest_workers)
+        ]
+        self._stream = [
+            _StreamWorker(i, f"{self.name}.{i}", metrics.worker(f"{self.name}.{i}", "output"))
+            for i in range(adapter.stream_workers)
+        ]
+        self._warn_input = RateLimitedWarning(adapter_logger(self.name, "ingest"))
+        self._warn_output = RateLimitedWarning(adapter_logger(self.name, "stream"))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start connecting every worker; returns at once (connections retry in the background)."""
+        self.log.info(
+            "Starting %s Protocol Adapter %s: %d ingest worker(s) on %s (%s), "
+            "%d stream worker(s) publishing to %s",
+            self.adapter.type,
+            self.name,
+            self.adapter.ingest_workers,
+            self.adapter.ingest_topic,
+            self.adapter.ingest_protocol,
+            self.adapter.stream_workers,
+            self.adapter.stream_topic,
+        )
+        if not self.adapter.stream_servers:
+            self.log.info(
+                "plugin.choria.adapter.%s.stream.servers not set, publishing via the middleware servers %s",
+                self.name,
+                ", ".join(self.broker.middleware_hosts),
+            )
+        for worker in self._stream:
+            worker.task = asyncio.create_task(self._run_stream_worker(worker), name=f"stream {worker.name}")
+        for ingest in self._ingest:
+            ingest.task = asyncio.create_task(self._run_ingest_worker(ingest), name=f"ingest {ingest.name}")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop ingesting, then publish and confirm what is queued within the grace period."""
+        grace = self.adapter.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        self._stopping.set()
+        self.log.info(
+            "Stopping adapter %s: draining subscriptions, %d message(s) queued", self.name, len(self.queue)
+        )
+        await self._stop_ingest(deadline)
+        self.queue.close()
+        stream_tasks = [w.task for w in self._stream if w.task]
+        if stream_tasks:
+            _done, pending = await asyncio.wait(stream_tasks, timeout=max(0.0, deadline - time.monotonic()))
+            for task in pending:
+                task.cancel()
+        unconfirmed = self.queue.drain_remaining()
+        for worker in self._stream:
+            if worker.publisher:
+                unconfirmed += await worker.publisher.flush(max(0.0, deadline - time.monotonic()))
+                await worker.publisher.close()
+            if worker.nc and not worker.nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await worker.nc.close()
+        if unconfirmed:
+            self._drop("shutdown_timeout", unconfirmed)
+            self.log.error(
+                "Shutdown grace period of %.1fs ended with %d message(s) not confirmed by JetStream; "
+                "they are "
+                'counted under choria_adapter_dropped_msgs{reason="shutdown_timeout"}',
+                grace,
+                unconfirmed,
+            )
+        self.log.info(
+            "Adapter %s stopped: %d received, %d stored, %d duplicates, drops %s",
+            self.name,
+            self._counts["received"],
+            self._counts["stored"],
+            self._counts["duplicates"],
+            {reason: count for reason, count in self._drop_counts.items() if count} or "none",
+        )
+
+    async def _stop_ingest(self, deadline: float) -> None:
+        if self._ingest_stopped:
+            return
+        self._ingest_stopped = True
+        for worker in self._ingest:
+            if worker.task and not worker.task.done():
+                worker.task.cancel()
+        drains = [self._drain_ingest(w, deadline) for w in self._ingest if w.nc]
+        if drains:
+            await asyncio.gather(*drains)
+
+    async def _drain_ingest(self, worker: _IngestWorker, deadline: float) -> None:
+        nc = worker.nc
+        if nc is None or nc.is_closed:
+            return
+        try:
+            if nc.is_connected:
+                await asyncio.wait_for(nc.drain(), timeout=max(0.1, deadline - time.monotonic()))
+            else:
+                await nc.close()
+        except Exception as error:  # a drain that fails still leaves nothing to consume
+            self.log.warning("Ingest worker %s did not drain cleanly: %s", worker.name, _describe(error))
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    def state(self) -> AdapterState:
+        return AdapterState(
+            name=self.name,
+            type=self.adapter.type,
+            ingest_connected=sum(1 for w in self._ingest if w.subscribed and w.nc and w.nc.is_connected),
+            stream_connected=sum(1 for w in self._stream if w.nc and w.nc.is_connected),
+            queued=len(self.queue),
+            in_flight=self._in_flight(),
+            counts={**self._counts, **{f"dropped_{k}": v for k, v in self._drop_counts.items()}},
+        )
+
+    def _in_flight(self) -> int:
+        return sum(w.publisher.in_flight for w in self._stream if w.publisher)
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        self._drops[reason].inc(count)
+        self._drop_counts[reason] += count
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def _connect(
+        self, servers: tuple[str, ...], connection_name: str, side: str, index: int
+    ) -> Client | None:
+        log = adapter_logger(self.name, side, index)
+        options = connect_options(
+            self.broker,
+            servers=list(servers),
+            name=connection_name,
+            disable_tls=self.disable_tls,
+            on_event=self._connection_event(side, index),
+        )
+        return await connect_with_backoff(options, log=log, stop_event=self._stopping)
+
+    def _connection_event(self, side: str, index: int) -> Callable[[str, Any], None]:
+        log = adapter_logger(self.name, side, index)
+
+        def on_event(kind: str, detail: Any) -> None:
+            if kind == "error" and isinstance(detail, nats.errors.SlowConsumerError):
+                self._drop("slow_consumer")
+                self._warn_input.warn(
+                    "slow_consumer", "NATS client dropped a message: slow consumer (raise ingest.workers)"
+                )
+            elif kind in {"disconnected", "error"}:
+                log.warning("NATS connection %s: %s", kind, _describe(detail) if detail else "")
+            else:
+                log.info("NATS connection %s", kind)
+
+        return on_event
+
+    # -- ingest side --------------------------------------------------------------------------
+
+    async def _run_ingest_worker(self, worker: _IngestWorker) -> None:
+        nc = await self._connect(
+            self.broker.middleware_hosts, f"choria adapter {worker.name}", "ingest", worker.index
+        )
+        if nc is None:
+            return
+        worker.nc = nc
+        if self._ingest_stopped:
+            await nc.close()
+            return
+        await nc.subscribe(
+            self.adapter.ingest_topic,
+            queue=f"nats_ingest_{self.name}",
+            cb=self._ingest_handler(worker),
+            pending_msgs_limit=PENDING_MSGS_LIMIT,
+            pending_bytes_limit=PENDING_BYTES_LIMIT,
+        )
+        worker.subscribed = True
+        adapter_logger(self.name, "ingest", worker.index).info(
+            "Subscribed to %s in queue group nats_ingest_%s", self.adapter.ingest_topic, self.name
+        )
+
+    def _ingest_handler(self, worker: _IngestWorker) -> Callable[[Msg], Any]:
+        metrics = worker.metrics
+        protocol = "request" if self._decode_request else "reply"
+        provider = self.broker.security_provider
+        queue = self.queue
+        counts = self._counts
+        warn = self._warn_input.warn
+        perf_counter = time.perf_counter
+
+        async def handle(msg: Msg) -> None:
+            started = perf_counter()
+            data = msg.data
+            metrics.bytes.inc(len(data))
+            try:
+                envelope = decode(data, protocol=protocol, security_provider=provider)
+            except DecodeError as error:
+                metrics.errors.inc()
+                self._drop("decode")
+                warn(
+                    f"decode:{error.reason}",
+                    f"Could not process message, discarding: {error.reason}",
+                    {"subject": msg.subject, "reason": error.reason},
+                )
+            else:
+                if queue.offer(envelope):
+                    metrics.received.inc()
+                    counts["received"] += 1
+                else:
+                    metrics.errors.inc()
+                    self._drop("queue_full")
+                    warn(
+                        "queue_full",
+                        f"Work queue is full ({queue.capacity} messages), discarding message",
+                        {"reason": "queue_full"},
+                    )
+            metrics.time.observe(perf_counter() - started)
+
+        return handle
+
+    # -- stream side ----------------------------------------------------------------------------
+
+    async def _run_stream_worker(self, worker: _StreamWorker) -> None:
+        servers = self.adapter.stream_servers or self.broker.middleware_hosts
+        nc = await self._connect(servers, f"{self.name}_{worker.index}-{id(self):x}", "stream", worker.index)
+        if nc is None:
+            return
+        worker.nc = nc
+        publisher = AckedPublisher(
+            nc,
+            max_pending=self.adapter.stream_max_pending,
+            ack_timeout=self.adapter.stream_ack_timeout,
+            retry_budget=self.adapter.stream_retry_budget,
+            on_result=self._result_handler(worker),
+            name=worker.name,
+        )
+        await publisher.start()
+        worker.publisher = publisher
+        if worker.index == 0:
+            await self._check_stream_captures(nc)
+        await self._publish_loop(worker, publisher)
+
+    async def _check_stream_captures(self, nc: Client) -> None:
+        probe = output_subject(self.adapter.stream_topic, "node.example.net")
+        try:
+            stream = await stream_for_subject(nc.jetstream(), probe)
+        except Exception as error:  # start-up diagnostics must never stop publishing
+            self.log.warning("Could not ask JetStream which stream captures %s: %s", probe, _describe(error))
+            return
+        if stream is None:
+            self.log.warning(
+                "No JetStream stream captures %s (topic %s); messages will be retried and then dropped. "
+                "Create one with `choria-broker-adapters streams setup --config %s`",
+                probe,
+                self.adapter.stream_topic,
+                self.broker.config_file,
+            )
+        else:
+            self.log.info("Publishing %s into JetStream stream %s", self.adapter.stream_topic, stream)
+
+    async def _publish_loop(self, worker: _StreamWorker, publisher: AckedPublisher) -> None:
+        metrics = worker.metrics
+        topic = self.adapter.stream_topic
+        adapter_type = self.adapter.type
+        take = self.queue.take
+        warn = self._warn_output.warn
+        perf_counter = time.perf_counter
+        while (envelope := await take()) is not None:
+            started = perf_counter()
+            try:
+                subject = output_subject(topic, envelope.sender)
+            except OutputError as error:
+                metrics.errors.inc()
+                self._drop("subject")
+                warn(
+                    f"subject:{error.reason}",
+                    f"Cannot form a safe subject, discarding: {error.reason}",
+                    {"reason": error.reason},
+                )
+                continue
+            try:
+                body = encode_output(envelope, adapter_type=adapter_type)
+            except OutputError as error:
+                metrics.errors.inc()
+                self._drop("encode")
+                warn(
+                    f"encode:{error.reason}",
+                    f"Cannot JSON encode message for publishing, discarding: {error.reason}",
+                    {"subject": subject, "reason": error.reason},
+                )
+                continue
+            metrics.bytes.inc(len(body))
+            await publisher.publish(subject, body, message_id(envelope))
+            metrics.time.observe(perf_counter() - started)
+
+    def _result_handler(self, worker: _StreamWorker) -> Callable[[PublishResult], None]:
+        metrics = worker.metrics
+        counts = self._counts
+        warn = self._warn_output.warn
+
+        def on_result(result: PublishResult) -> None:
+            if result.attempts > 1:
+                self._retries.inc(result.attempts - 1)
+                counts["retries"] += result.attempts - 1
+            if result.outcome is PublishOutcome.DROPPED:
+                metrics.errors.inc()
+                self._drop("publish")
+                warn(
+                    f"publish:{result.reason}",
+                    f"Could not publish to JetStream {result.subject} after {result.attempts} attempt(s), "
+                    f"discarding: {result.reason}",
+                    {"subject": result.subject, "reason": result.reason},
+                )
+                return
+            if result.outcome is PublishOutcome.DUPLICATE:
+                self._duplicates.inc()
+                counts["duplicates"] += 1
+            counts["stored"] += 1
+            metrics.received.inc()
+            metrics.published.inc()
+
+        return on_result
+
+
+def _describe(error: BaseException | Any) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

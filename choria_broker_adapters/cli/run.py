@@ -1,0 +1,81 @@
+"""`run`: run every adapter named in plugin.choria.adapters until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from choria_broker_adapters import logs
+from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_OK
+from choria_broker_adapters.settings import ConfigError, load_settings, tls_problems
+
+NAME = "run"
+HELP = "run every configured adapter (the main job)"
+DESCRIPTION = """\
+Read the broker.conf, validate it (exit 78 on any error, before connecting anywhere), then run
+every adapter named in plugin.choria.adapters in this process: ingest workers queue-subscribe
+to each adapter's ingest.topic on the Choria network, decode the Choria protocol and queue the
+messages; stream workers publish them to JetStream on stream.topic (%s = sender identity),
+waiting for every acknowledgement and retrying without duplicates.
+
+SIGTERM or SIGINT stops ingesting, publishes and confirms what is queued within each adapter's
+shutdown_grace, and exits 0.
+
+examples:
+  choria-broker-adapters run --config /etc/choria/broker.conf
+  choria-broker-adapters run --config broker.conf --disable-tls --pid /run/choria-broker-adapters.pid
+
+exit status: 0 clean stop, 78 configuration error
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, metavar="FILE", help="the broker.conf to run")
+    parser.add_argument(
+        "--disable-tls",
+        action="store_true",
+        help="connect without TLS (the Go broker's flag of the same name)",
+    )
+    parser.add_argument("--pid", metavar="FILE", help="write the process id to FILE while running")
+    parser.add_argument("--debug", action="store_true", help="log at debug level whatever loglevel says")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_CONFIG
+    problems = [] if args.disable_tls else tls_problems(settings)
+    if problems:
+        print(f"{settings.config_file}: TLS is enabled but its files are missing:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        print("  (fix the paths, or run with --disable-tls for plain connections)", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(settings.logfile, settings.loglevel, debug=args.debug)
+    log = logging.getLogger("choria_broker_adapters.runtime")
+    for warning in settings.warnings:
+        log.warning("Configuration: %s", warning)
+
+    from choria_broker_adapters.runtime import Runtime, remove_pid_file, write_pid_file
+
+    if args.pid:
+        write_pid_file(args.pid)
+    try:
+        _event_loop_runner()(Runtime(settings, disable_tls=args.disable_tls).run())
+    finally:
+        if args.pid:
+            remove_pid_file(args.pid)
+    return EXIT_OK
+
+
+def _event_loop_runner():  # type: ignore[no-untyped-def]
+    """uvloop when installed (the `fast` extra), else the stdlib loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run

@@ -1,0 +1,119 @@
+"""Logging as the Go broker does it: text on the console, JSON lines in a log file.
+
+Every adapter line carries the adapter name, the side (`ingest` or `stream`) and the worker
+instance, so an operator can tell which worker said what. Repetitive warnings (a full queue,
+a flood of bad input) are rate limited with a count of what was suppressed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+}
+CONSOLE_TARGETS = {"stdout", "stderr", "discard"}
+CONTEXT_FIELDS = ("component", "adapter", "side", "instance", "subject", "reason")
+ROOT_LOGGER = "choria_broker_adapters"
+
+
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in CONTEXT_FIELDS if getattr(record, name, None) is not None}
+
+
+class TextFormatter(logging.Formatter):
+    """`time=... level=... msg="..." adapter=... side=... instance=...` like logrus' text format."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        parts = [
+            f"time={stamp}",
+            f"level={record.levelname.lower()}",
+            f"msg={json.dumps(record.getMessage())}",
+        ]
+        parts += [f"{key}={value}" for key, value in _context(record).items()]
+        if record.exc_info:
+            parts.append(f"error={json.dumps(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line with sorted keys, like logrus' JSON format."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "level": "warning" if record.levelno == logging.WARNING else record.levelname.lower(),
+            "msg": record.getMessage(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(record.created)),
+            **_context(record),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, sort_keys=True)
+
+
+def configure(logfile: str, loglevel: str, *, debug: bool = False, stream: TextIO | None = None) -> None:
+    """Point the package's loggers at the configured target (the edge: opens the log file)."""
+    logger = logging.getLogger(ROOT_LOGGER)
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if debug else LEVELS.get(loglevel, logging.WARNING))
+    target = logfile.lower()
+    handler: logging.Handler
+    if target == "discard":
+        handler = logging.NullHandler()
+    elif target in CONSOLE_TARGETS:
+        handler = logging.StreamHandler(stream or (sys.stderr if target == "stderr" else sys.stdout))
+        handler.setFormatter(TextFormatter())
+    else:
+        handler = logging.FileHandler(logfile, encoding="utf-8")
+        handler.setFormatter(JSONFormatter())
+    logger.addHandler(handler)
+
+
+class ContextLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger that adds fixed context fields and merges per-call `extra` (3.11 would drop it)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+def adapter_logger(adapter: str, side: str | None = None, instance: int | None = None) -> ContextLogger:
+    extra: dict[str, Any] = {"component": "streams_adapter", "adapter": adapter}
+    if side is not None:
+        extra["side"] = side
+    if instance is not None:
+        extra["instance"] = instance
+    return ContextLogger(logging.getLogger(f"{ROOT_LOGGER}.adapter.{adapter}"), extra)
+
+
+class RateLimitedWarning:
+    """Log the first occurrence of each kind at once, then at most one summary per interval."""
+
+    def __init__(self, log: ContextLogger, interval: float = 10.0) -> None:
+        self.log = log
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warn(self, kind: str, message: str, extra: Mapping[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            message = f"{message} ({suppressed} more like this in the last {now - last:.0f}s)"  # type: ignore[operator]
+        self._last[kind] = now
+        self.log.warning(message, extra=dict(extra or {}))
