@@ -1,0 +1,178 @@
+"""Decode a Choria message as the Go broker's stream adapters do (SPEC.md section 4).
+
+    decode(payload, protocol="request", security_provider="puppet") -> Envelope
+
+walks transport -> secure request/reply -> request/reply and returns the four values the
+output document is made of, or raises DecodeError with a short reason. Nothing else escapes,
+whatever bytes a NATS peer sends; the inputs that crash the Go broker (`"headers": null`,
+a v1 reply's `"envelope": null`, a v1 secure request re-labelled as v2) are DecodeErrors too.
+
+Deliberate differences from Go, all on the side of discarding junk rather than crashing:
+nesting deeper than Python's recursion limit (about 1000, Go allows 10000) is discarded, and
+repeated keys are only type-checked in their winning occurrence (see `gotypes`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from choria_broker_adapters import jsonfast
+from choria_broker_adapters.jsonfast import JSONInvalid, NeedPrecise
+from choria_broker_adapters.protocol import v1, v2
+from choria_broker_adapters.protocol.gotypes import go_bytes, go_object, struct_fields
+from choria_broker_adapters.protocol.model import (
+    V1_SECURE_REPLY,
+    V1_SECURE_REQUEST,
+    V1_TRANSPORT,
+    V2_SECURE_REPLY,
+    V2_SECURE_REQUEST,
+    V2_TRANSPORT,
+    DecodeError,
+    Envelope,
+    normalise_protocol,
+)
+
+__all__ = ["ED25519_PROVIDERS", "DecodeError", "Envelope", "decode", "protocol_version_for"]
+
+# plugin.security.provider values whose technology is ed25519+jwt (protocol v2); every other
+# provider (puppet, file, certmanager, pkcs11) is x509 and decodes protocol v1.
+ED25519_PROVIDERS = frozenset({"choria"})
+
+_TRANSPORT_FIELDS = frozenset({"protocol", "data", "headers"})
+_PROTOCOL_FIELD = frozenset({"protocol"})
+
+
+def protocol_version_for(security_provider: str) -> int:
+    """The one protocol version a broker with this security provider decodes."""
+    return 2 if security_provider in ED25519_PROVIDERS else 1
+
+
+def _fast_load(data: bytes | str, strict_numbers: bool) -> Any:
+    # orjson refuses exactly the inputs that need Go-specific care; see jsonfast.
+    try:
+        return jsonfast.orjson.loads(data)
+    except (ValueError, RecursionError):
+        raise NeedPrecise from None
+
+
+def _precise_load(data: bytes | str, strict_numbers: bool) -> Any:
+    return jsonfast.loads_precise(data, strict_numbers=strict_numbers)
+
+
+def _parse(load: Any, data: bytes | str, strict_numbers: bool, layer: str) -> Any:
+    try:
+        return load(data, strict_numbers)
+    except JSONInvalid as exc:
+        if not data:
+            raise DecodeError(f"{layer}: empty, not JSON") from None
+        raise DecodeError(f"{layer}: not valid JSON ({exc})") from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _decode(payload: bytes, request_mode: bool, accepted_version: int, load: Any) -> Envelope:
+    try:
+        transport = load(payload, False)
+    except JSONInvalid:
+        raise DecodeError("transport: not JSON, so not a Choria transport message") from None
+    if not isinstance(transport, dict):
+        raise DecodeError("transport: not a JSON object, so not a Choria transport message")
+    fields = struct_fields(transport, _TRANSPORT_FIELDS)
+    protocol = fields.get("protocol")
+    if protocol == V1_TRANSPORT:
+        version = 1
+    elif protocol == V2_TRANSPORT:
+        version = 2
+    else:
+        raise DecodeError(f"transport: unknown transport protocol {_short(protocol)}")
+
+    data = go_bytes(fields.get("data"), "transport: data")
+    headers_null = False
+    if "headers" in fields:
+        headers = go_object(fields["headers"], "transport: headers")
+        if headers is None:
+            headers_null = True  # decodes, but crashes Go later: discarded below
+        elif version == 1:
+            v1.check_headers(headers)
+        else:
+            v2.check_headers(headers)
+
+    if version != accepted_version:
+        if version == 1:
+            raise DecodeError("transport: version 1 protocol requires an x509 security provider (not choria)")
+        raise DecodeError("transport: version 2 protocol requires the choria (ed25519+jwt) security provider")
+
+    envelope = _request(data, version, load) if request_mode else _reply(data, version, load)
+    if headers_null:
+        raise DecodeError("transport: headers is null (this crashes the Go broker)")
+    return envelope
+
+
+def _request(data: bytes, version: int, load: Any) -> Envelope:
+    secure = _parse(load, data, True, "secure request")
+    inner: bytes | str
+    if version == 1:
+        secure_protocol, inner = v1.secure_request(secure)
+    else:
+        secure_protocol, inner = v2.secure_request(secure)
+    if secure_protocol == V1_SECURE_REQUEST:
+        decode_request = v1.request
+    elif secure_protocol == V2_SECURE_REQUEST and version == 2:
+        decode_request = v2.request
+    elif secure_protocol == V2_SECURE_REQUEST:
+        raise DecodeError(
+            "secure request: a v1 secure request re-labelled as v2 (this crashes the Go broker)"
+        )
+    else:
+        raise DecodeError(
+            f"secure request: cannot decode a request of protocol {normalise_protocol(secure_protocol)}"
+        )
+    return decode_request(_parse(load, inner, True, "request"))
+
+
+def _reply(data: bytes, version: int, load: Any) -> Envelope:
+    secure = _parse(load, data, False, "secure reply")
+    inner: bytes | str
+    if version == 1:
+        secure_protocol, inner = v1.secure_reply(secure)
+    else:
+        secure_protocol, inner = v2.secure_reply(secure)
+    # The inner reply follows the secure reply's own protocol, not the transport version.
+    if secure_protocol == V1_SECURE_REPLY:
+        decode_reply = v1.reply
+    elif secure_protocol == V2_SECURE_REPLY:
+        decode_reply = v2.reply
+    else:
+        raise DecodeError(
+            f"secure reply: cannot decode a reply of protocol {normalise_protocol(secure_protocol)}"
+        )
+    return decode_reply(_parse(load, inner, False, "reply"))
+
+
+def decode(payload: bytes, *, protocol: str = "request", security_provider: str = "puppet") -> Envelope:
+    """Decode one NATS message body.
+
+    protocol: the adapter's ingest.protocol; exactly "request" selects request decoding,
+        anything else reply decoding (as the Go broker does).
+    security_provider: plugin.security.provider; "choria" decodes protocol v2 only, every
+        other provider protocol v1 only.
+    Raises DecodeError (with `.reason`) for anything that is not published.
+    """
+    if not isinstance(payload, bytes):
+        payload = bytes(payload)
+    request_mode = protocol == "request"
+    accepted_version = protocol_version_for(security_provider)
+    try:
+        if jsonfast.orjson is not None:
+            try:
+                return _decode(payload, request_mode, accepted_version, _fast_load)
+            except NeedPrecise:
+                pass
+        return _decode(payload, request_mode, accepted_version, _precise_load)
+    except DecodeError:
+        raise
+    except Exception as exc:  # a decoder bug must cost one message, never a worker
+        raise DecodeError(f"internal decoder error ({type(exc).__name__}); message discarded") from exc

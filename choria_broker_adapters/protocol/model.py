@@ -1,0 +1,65 @@
+"""The decoder's result and error types and the Choria protocol identifiers (SPEC.md section 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+V1_TRANSPORT = "choria:transport:1"
+V1_SECURE_REQUEST = "choria:secure:request:1"
+V1_REQUEST = "choria:request:1"
+V1_SECURE_REPLY = "choria:secure:reply:1"
+V1_REPLY = "choria:reply:1"
+V2_TRANSPORT = "io.choria.protocol.v2.transport"
+V2_SECURE_REQUEST = "io.choria.protocol.v2.secure_request"
+V2_REQUEST = "io.choria.protocol.v2.request"
+V2_SECURE_REPLY = "io.choria.protocol.v2.secure_reply"
+V2_REPLY = "io.choria.protocol.v2.reply"
+UNKNOWN_PROTOCOL = "io.choria.protocol.unknown"
+
+KNOWN_PROTOCOLS = frozenset(
+    {
+        V1_TRANSPORT,
+        V1_SECURE_REQUEST,
+        V1_REQUEST,
+        V1_SECURE_REPLY,
+        V1_REPLY,
+        V2_TRANSPORT,
+        V2_SECURE_REQUEST,
+        V2_REQUEST,
+        V2_SECURE_REPLY,
+        V2_REPLY,
+    }
+)
+
+
+def normalise_protocol(value: str) -> str:
+    """Go maps every protocol string it does not know to one "unknown" id."""
+    return value if value in KNOWN_PROTOCOLS else UNKNOWN_PROTOCOL
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The four values the adapter takes from a decoded Choria message.
+
+    message:    the inner payload bytes (the output's `data`); v1 payloads are UTF-8 text,
+                v2 payloads arbitrary bytes.
+    sender:     the sender identity (v1 envelope.senderid, v2 sender); may be "".
+    time:       Unix time in **nanoseconds** as an unbounded int (v1 seconds x 10**9, v2 as
+                sent). It may lie outside years 0-9999; `output.encode_output` then refuses it,
+                as Go's marshalling does.
+    request_id: the request id (v1 envelope.requestid, v2 id / request); may be "".
+    """
+
+    message: bytes
+    sender: str
+    time: int
+    request_id: str
+
+
+class DecodeError(Exception):
+    """Any rejected input. `reason` is short and human, e.g.
+    "secure request: data is not base64"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
