@@ -88,7 +88,8 @@ def puppet_apply(workdir: Path, data: Mapping[str, Any], *, via: str) -> PuppetR
     """Apply choria::broker with `data` (hiera keys) given `via` "hiera" or "manifest"."""
     for name in ("conf", "var", "code", "ssl", "public", "modules", "hieradata", "facts/facts"):
         (workdir / name).mkdir(parents=True, exist_ok=True)
-    (workdir / "modules" / "choria").symlink_to(MODULE)
+    if not (workdir / "modules" / "choria").exists():
+        (workdir / "modules" / "choria").symlink_to(MODULE)
     # Facts from JSON (the facts_terminus json reads <client_datadir>/facts/<certname>.json);
     # clientcert is what puppet apply turns into $trusted['certname'].
     facts = {
@@ -389,3 +390,13 @@ def test_module_defaults_match_the_python_renderer() -> None:
     # Puppet's identity default is the node's certname, which render cannot know.
     assert defaults.pop("identity") == "%{trusted.certname}"
     assert defaults == {key: value for key, value in MODULE_DEFAULTS.items() if key != "identity"}
+
+
+def test_a_second_apply_changes_nothing(tmp_path: Path) -> None:
+    """Same data, same bytes: the file is not rewritten, so the service would not restart."""
+    data = load("two_adapters_unsorted")
+    first = puppet_apply(tmp_path, data, via="hiera")
+    assert first.returncode == 2, first.stderr
+    second = puppet_apply(tmp_path, data, via="hiera")
+    # --detailed-exitcodes: 0 = no changes, no failures.
+    assert second.returncode == 0, second.stderr + second.stdout
