@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import lru_cache
 
 from choria_broker_adapters import jsonfast
@@ -37,6 +38,10 @@ MAX_SECONDS = 253402300799
 MAX_SUBJECT_BYTES = 1024
 # A message id made of the raw sender and request id is kept readable up to this length.
 MAX_READABLE_MESSAGE_ID = 200
+
+
+# str.isspace() characters; isprintable() already refuses the other control characters.
+_WHITESPACE = re.compile(r"\s")
 
 
 class OutputError(Exception):
@@ -163,13 +168,14 @@ def subject_problem(subject: str) -> str | None:
     """Why `subject` is not a safe literal NATS publish subject, or None."""
     if not subject:
         return "empty subject"
-    if len(subject.encode("utf-8", "surrogatepass")) > MAX_SUBJECT_BYTES:
+    size = len(subject) if subject.isascii() else len(subject.encode("utf-8", "surrogatepass"))
+    if size > MAX_SUBJECT_BYTES:
         return f"longer than {MAX_SUBJECT_BYTES} bytes"
     if "*" in subject or ">" in subject:
         return "contains a wildcard (* or >)"
-    if not subject.isprintable() or any(char.isspace() for char in subject):
+    if not subject.isprintable() or _WHITESPACE.search(subject):
         return "contains whitespace or control characters"
-    if "" in subject.split("."):
+    if subject[0] == "." or subject[-1] == "." or ".." in subject:
         return "has an empty token (leading, trailing or double dot)"
     return None
 
