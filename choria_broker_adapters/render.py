@@ -164,7 +164,8 @@ def struct(fields: Mapping[str, Field]) -> Check:
                 known = ", ".join(fields)
                 raise RenderError(f"{key}.{name}", f"unrecognized key (known keys: {known})")
         for name, spec in fields.items():
-            if value.get(name) is None:
+            # As in Puppet, an optional key may be left out but not given as undef (YAML ~).
+            if name not in value:
                 if spec.required:
                     raise RenderError(f"{key}.{name}", "expects a value")
                 continue

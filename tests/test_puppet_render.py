@@ -176,97 +176,109 @@ VALID_CASES: list[tuple[str, str]] = [
 
 NODE_DATA = {"type": "choria_streams", "ingest": {"topic": "choria.discovery", "protocol": "request"}}
 
-# (case id, data, what Puppet's message must contain, the key RenderError must name)
-BAD_CASES: list[tuple[str, dict[str, Any], str, str]] = [
-    (
+
+def bad_adapter(name: str, **adapter: Any) -> dict[str, Any]:
+    return {"choria::broker::adapters": {name: {**NODE_DATA, **adapter}}}
+
+
+@dataclass(frozen=True)
+class BadCase:
+    case_id: str
+    data: dict[str, Any]
+    puppet_message: str  # must appear in puppet's error output
+    key: str  # RenderError.key
+    # Type mismatches of class parameters are all reported by one failed compilation, so those
+    # cases share one puppet run (each under its own adapter name or parameter); a check in the
+    # class body stops at the first failure and needs a run of its own.
+    shares_run: bool = True
+
+
+BAD_CASES: list[BadCase] = [
+    BadCase(
         "type_not_in_enum",
-        {"choria::broker::adapters": {"node_data": {**NODE_DATA, "type": "nats_stream"}}},
-        "parameter 'adapters' entry 'node_data' entry 'type' expects a match for Choria::Adapter::Type",
-        "choria::broker::adapters.node_data.type",
+        bad_adapter("type_not_in_enum", type="nats_stream"),
+        "entry 'type_not_in_enum' entry 'type' expects a match for Choria::Adapter::Type",
+        "choria::broker::adapters.type_not_in_enum.type",
     ),
-    (
+    BadCase(
         "stream_type_not_in_enum",
         {
             "choria::broker::adapters": {
-                "node_data": {"ingest": {"topic": "a"}, "stream": {"type": "Choria_Streams"}}
+                "stream_type": {"ingest": {"topic": "a"}, "stream": {"type": "Jetstream"}}
             }
         },
-        "entry 'node_data' entry 'stream' entry 'type' expects a match for Choria::Adapter::Type",
-        "choria::broker::adapters.node_data.stream.type",
+        "entry 'stream_type' entry 'stream' entry 'type' expects a match for Choria::Adapter::Type",
+        "choria::broker::adapters.stream_type.stream.type",
     ),
-    (
+    BadCase(
         "ingest_workers_0",
-        {"choria::broker::adapters": {"node_data": {**NODE_DATA, "ingest": {"topic": "a", "workers": 0}}}},
-        "entry 'ingest' entry 'workers' expects an Integer[1, 100] value, got Integer[0, 0]",
-        "choria::broker::adapters.node_data.ingest.workers",
+        bad_adapter("ingest_workers_0", ingest={"topic": "a", "workers": 0}),
+        "entry 'ingest_workers_0' entry 'ingest' entry 'workers' expects an Integer[1, 100] value",
+        "choria::broker::adapters.ingest_workers_0.ingest.workers",
     ),
-    (
+    BadCase(
         "stream_workers_101",
-        {"choria::broker::adapters": {"node_data": {**NODE_DATA, "stream": {"workers": 101}}}},
-        "entry 'node_data' entry 'stream' entry 'workers' expects an Integer[1, 100] value",
-        "choria::broker::adapters.node_data.stream.workers",
+        bad_adapter("stream_workers_101", stream={"workers": 101}),
+        "entry 'stream_workers_101' entry 'stream' entry 'workers' expects an Integer[1, 100] value",
+        "choria::broker::adapters.stream_workers_101.stream.workers",
     ),
-    (
+    BadCase(
         "newline_in_topic",
-        {
-            "choria::broker::adapters": {
-                "node_data": {**NODE_DATA, "ingest": {"topic": "x\nplugin.choria.adapters = evil"}}
-            }
-        },
-        "entry 'node_data' entry 'ingest' entry 'topic' expects a match for Choria::Subject",
-        "choria::broker::adapters.node_data.ingest.topic",
+        bad_adapter("newline_in_topic", ingest={"topic": "x\nplugin.choria.adapters = evil"}),
+        "entry 'newline_in_topic' entry 'ingest' entry 'topic' expects a match for Choria::Subject",
+        "choria::broker::adapters.newline_in_topic.ingest.topic",
     ),
-    (
+    BadCase(
         "carriage_return_in_identity",
         {"choria::broker::identity": "broker1\rplugin.choria.adapters = evil"},
         "parameter 'identity' expects a match for Choria::SingleLine",
         "choria::broker::identity",
     ),
-    (
+    BadCase(
         "bad_adapter_name",
         {"choria::broker::adapters": {"node data": NODE_DATA}},
         "parameter 'adapters' key of entry 'node data' expects a match for Choria::Name",
         "choria::broker::adapters",
     ),
-    (
+    BadCase(
         "quoted_workers",
-        {"choria::broker::adapters": {"node_data": {**NODE_DATA, "stream": {"workers": "10"}}}},
-        "entry 'node_data' entry 'stream' entry 'workers' expects an Integer value, got String",
-        "choria::broker::adapters.node_data.stream.workers",
+        bad_adapter("quoted_workers", stream={"workers": "10"}),
+        "entry 'quoted_workers' entry 'stream' entry 'workers' expects an Integer value, got String",
+        "choria::broker::adapters.quoted_workers.stream.workers",
     ),
-    (
+    BadCase(
         "quoted_stats_port",
         {"choria::broker::stats_port": "8222"},
         "parameter 'stats_port' expects an Integer value, got String",
         "choria::broker::stats_port",
     ),
-    (
+    BadCase(
+        "server_without_port",
+        bad_adapter("server_without_port", stream={"servers": ["js1.example.net"]}),
+        "entry 'server_without_port' entry 'stream' entry 'servers' index 0 expects a match for Choria::Se",
+        "choria::broker::adapters.server_without_port.stream.servers[0]",
+    ),
+    BadCase(
+        "undef_optional_key",
+        bad_adapter("undef_optional_key", queue_len=None),
+        "entry 'undef_optional_key' entry 'queue_len' expects an Integer value, got Undef",
+        "choria::broker::adapters.undef_optional_key.queue_len",
+    ),
+    BadCase(
         "types_disagree",
-        {
-            "choria::broker::adapters": {
-                "node_data": {**NODE_DATA, "type": "jetstream", "stream": {"type": "choria_streams"}}
-            }
-        },
+        bad_adapter("node_data", type="jetstream", stream={"type": "choria_streams"}),
         "choria::broker::adapters.node_data.type: 'jetstream' disagrees with stream.type 'choria_streams'",
         "choria::broker::adapters.node_data.type",
+        shares_run=False,
     ),
-    (
+    BadCase(
         "type_missing",
         {"choria::broker::adapters": {"node_data": {"ingest": {"topic": "a"}}}},
         "choria::broker::adapters.node_data.type: expects a value",
         "choria::broker::adapters.node_data.type",
+        shares_run=False,
     ),
-    (
-        "server_without_port",
-        {
-            "choria::broker::adapters": {
-                "node_data": {**NODE_DATA, "stream": {"servers": ["js1.example.net"]}}
-            }
-        },
-        "entry 'node_data' entry 'stream' entry 'servers' index 0 expects a match for Choria::Server",
-        "choria::broker::adapters.node_data.stream.servers[0]",
-    ),
-    (
+    BadCase(
         "file_provider_without_key",
         {
             "choria::broker::security_provider": "file",
@@ -275,8 +287,26 @@ BAD_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         },
         "choria::broker::file_key: expects a path when security_provider is 'file'",
         "choria::broker::file_key",
+        shares_run=False,
     ),
 ]
+
+
+def bad_run_id(case: BadCase) -> str:
+    return "bad-type-errors" if case.shares_run else f"bad-{case.case_id}"
+
+
+def combined_bad_data() -> dict[str, Any]:
+    """Every type-mismatch case in one set of class parameters."""
+    combined: dict[str, Any] = {"choria::broker::adapters": {}}
+    for case in BAD_CASES:
+        if case.shares_run:
+            for key, value in case.data.items():
+                if key == "choria::broker::adapters":
+                    combined[key].update(value)
+                else:
+                    combined[key] = value
+    return combined
 
 
 def _case_id(case: tuple[str, str]) -> str:
@@ -290,8 +320,12 @@ def puppet_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     jobs: dict[str, tuple[dict[str, Any], str]] = {
         _case_id(case): (load(case[0]), case[1]) for case in VALID_CASES
     }
-    jobs.update({f"bad-{case_id}": (data, "hiera") for case_id, data, _, _ in BAD_CASES})
-    jobs["bad-newline_in_topic-manifest"] = (BAD_CASES[4][1], "manifest")
+    jobs["bad-type-errors"] = (combined_bad_data(), "hiera")
+    jobs.update({bad_run_id(case): (case.data, "hiera") for case in BAD_CASES if not case.shares_run})
+    jobs["bad-newline_in_topic-manifest"] = (
+        bad_adapter("node_data", ingest={"topic": "x\ny = z"}),
+        "manifest",
+    )
     jobs["certname_identity"] = ({"choria::broker::adapters": {"node_data": NODE_DATA}}, "hiera")
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=PARALLEL_RUNS) as pool:
@@ -356,20 +390,18 @@ def test_puppet_defaults_identity_to_the_certname(puppet_runs: dict[str, PuppetR
     assert run.content == expected
 
 
-@pytest.mark.parametrize(
-    ("case_id", "data", "puppet_message", "key"), BAD_CASES, ids=[c[0] for c in BAD_CASES]
-)
+@pytest.mark.parametrize("case", BAD_CASES, ids=[case.case_id for case in BAD_CASES])
 def test_bad_data_fails_in_puppet_and_python_naming_the_key(
-    case_id: str, data: dict[str, Any], puppet_message: str, key: str, puppet_runs: dict[str, PuppetRun]
+    case: BadCase, puppet_runs: dict[str, PuppetRun]
 ) -> None:
-    run = puppet_runs[f"bad-{case_id}"]
+    run = puppet_runs[bad_run_id(case)]
     assert run.returncode == 1
-    assert puppet_message in run.stderr
+    assert case.puppet_message in run.stderr, run.stderr
     assert run.content is None
     with pytest.raises(RenderError) as raised:
-        render_broker_config(data)
-    assert raised.value.key == key
-    assert str(raised.value).startswith(f"{key}: ")
+        render_broker_config(case.data)
+    assert raised.value.key == case.key
+    assert str(raised.value).startswith(f"{case.key}: ")
 
 
 def test_injection_is_rejected_from_a_manifest_too(puppet_runs: dict[str, PuppetRun]) -> None:

@@ -106,7 +106,7 @@ def test_file_provider_lines() -> None:
     [
         ({}, [("type", "choria_streams"), ("ingest.topic", "choria.discovery")]),
         (
-            {"type": None, "stream": {"type": "jetstream", "topic": "t"}},
+            {"stream": {"type": "jetstream", "topic": "t"}},
             [("type", "jetstream"), ("ingest.topic", "choria.discovery"), ("stream.topic", "t")],
         ),
         (
@@ -121,7 +121,7 @@ def test_file_provider_lines() -> None:
             ],
         ),
         (
-            {"stream": {"servers": []}, "shutdown_grace": None},
+            {"stream": {"servers": []}},
             [("type", "choria_streams"), ("ingest.topic", "choria.discovery")],
         ),
         (
@@ -135,10 +135,13 @@ def test_file_provider_lines() -> None:
             ],
         ),
     ],
-    ids=["minimal", "type-inside-stream", "arrays-and-sorting", "empty-and-undef-left-out", "numbers"],
+    ids=["minimal", "type-inside-stream", "arrays-and-sorting", "empty-array-left-out", "numbers"],
 )
 def test_adapter_lines(adapter: dict[str, Any], expected: list[tuple[str, str]]) -> None:
-    assert adapter_blocks({"node_data": {**NODE_DATA, **adapter}}) == [("node_data", expected)]
+    adapter = {**NODE_DATA, **adapter}
+    if "type" in adapter.get("stream", {}):
+        del adapter["type"]
+    assert adapter_blocks({"node_data": adapter}) == [("node_data", expected)]
 
 
 def test_adapters_sorted_by_code_point_like_puppet() -> None:
@@ -151,7 +154,19 @@ def test_adapters_sorted_by_code_point_like_puppet() -> None:
 BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("type-enum", with_adapter(type="nats_stream"), f"{P}adapters.node_data.type", "'nats_stream'"),
     ("type-case", with_adapter(type="JetStream"), f"{P}adapters.node_data.type", "expects one of"),
-    ("type-missing", with_adapter(type=None), f"{P}adapters.node_data.type", "expects a value"),
+    (
+        "type-missing",
+        {f"{P}adapters": {"x": {"ingest": {"topic": "a"}}}},
+        f"{P}adapters.x.type",
+        "expects a value",
+    ),
+    (
+        "undef-optional-key",
+        with_adapter(queue_len=None),
+        f"{P}adapters.node_data.queue_len",
+        "got nothing (undef)",
+    ),
+    ("undef-type", with_adapter(type=None), f"{P}adapters.node_data.type", "got nothing (undef)"),
     (
         "types-disagree",
         with_adapter(type="jetstream", stream={"type": "choria_streams"}),
