@@ -75,6 +75,7 @@ class Plan:
     # queue_full) what does not fit, and the capacity phase would measure drops, not throughput.
     runtime_settings: tuple[str, ...] = ()
     keep_workdir: bool = False  # keep logs, generated broker.conf and server stores
+    profile_dir: str | None = None  # run every bridge under cProfile, one .prof per trial here
 
 
 QUICK = Plan("quick", tuple(INPUTS), 1, 3_000, 5_000, 10_000.0, 1000)
@@ -173,6 +174,7 @@ class BridgeContext:
     stream_name: str
     workdir: Path
     runtime_settings: tuple[str, ...] = ()
+    profile_to: Path | None = None
 
 
 def runtime_unavailable_reason() -> str | None:
@@ -215,14 +217,22 @@ def runtime_command(context: BridgeContext) -> list[str]:
     config = context.workdir / "broker.conf"
     config.write_text(runtime_config(context, context.runtime_settings))
     # --disable-tls: the benchmark's nats-servers are plain loopback servers
-    return [str(RUNTIME_CLI), "run", "--config", str(config), "--disable-tls"]
+    arguments = ["run", "--config", str(config), "--disable-tls"]
+    if context.profile_to:
+        return [*profiled(context.profile_to), "choria_broker_adapters", *arguments]
+    return [str(RUNTIME_CLI), *arguments]
+
+
+def profiled(output: Path) -> list[str]:
+    """Command prefix running a module under cProfile (stats written when it exits)."""
+    return [sys.executable, "-m", "cProfile", "-o", str(output), "-m"]
 
 
 def reference_command(module: str) -> Callable[[BridgeContext], list[str]]:
     def command(context: BridgeContext) -> list[str]:
+        prefix = profiled(context.profile_to) if context.profile_to else [sys.executable, "-m"]
         return [
-            sys.executable,
-            "-m",
+            *prefix,
             module,
             "--ingest-url",
             context.core_url,
@@ -396,7 +406,12 @@ async def run_trial(
             )
         )
         context = BridgeContext(
-            servers.core.url, servers.jetstream.url, stream, trial_dir, effective_runtime_settings(plan)
+            servers.core.url,
+            servers.jetstream.url,
+            stream,
+            trial_dir,
+            effective_runtime_settings(plan),
+            Path(plan.profile_dir) / f"{trial_dir.name}.prof" if plan.profile_dir else None,
         )
         with log.open("wb") as log_handle:
             bridge = subprocess.Popen(
