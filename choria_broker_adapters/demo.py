@@ -1,0 +1,797 @@
+"""The `demo` command's work: the whole flow on a nats-server it starts and removes itself.
+
+One nats-server with JetStream in a temporary directory plays both parts: the Choria network
+(where the simulated fleet publishes registrations with core NATS) and JetStream (where the
+adapter stores them). One server keeps the demo small; the runtime does not care, because
+`stream.servers` falls back to the middleware hosts exactly as in production configurations
+that use one NATS cluster for both.
+
+The runtime runs in this process (an asyncio task around `Runtime.run`) so the summary reads
+the adapter's own counters instead of scraping metrics. Its stream is created with the
+`streams setup` code from the same broker.conf, with the defaults an operator gets
+(unlimited messages per subject): every registration is kept, so `stored == sent` is the
+test of "nothing lost, nothing doubled" and `distinct subjects == nodes` shows one subject per
+node. (`stream.max_msgs_per_subject = 1` would keep only each node's latest registration.)
+
+Signals: Ctrl-C or SIGTERM at any point stops the runtime (draining what it holds), then the
+nats-server, then removes the temporary directory. The nats-server runs in its own session so
+a Ctrl-C typed at the terminal reaches the demo only and the server outlives the runtime's
+drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from choria_broker_adapters.fleet import REGISTRATION_SUBJECT, fleet, node_name
+from choria_broker_adapters.natsserver import NatsServer, free_port
+
+ADAPTER_NAME = "node_data"
+STREAM_TOPIC = "choria.node_metadata.%s"
+# Ingest-side outcomes: a registration the adapter received is queued or dropped for one of these.
+INGEST_DROPS = ("dropped_decode", "dropped_queue_full", "dropped_slow_consumer")
+# The fleet publishes in batches and stays at most this far ahead of what the adapter took in:
+# core NATS has no backpressure, and a real fleet is spread over minutes, not one burst.
+PUBLISH_BATCH = 200
+PUBLISH_WINDOW = 2_000
+QUEUE_LEN = 10_000
+# Nothing changed for this long while nothing is queued or in flight: what is missing is lost.
+SETTLE_SECONDS = 3.0
+SUBSCRIBE_TIMEOUT = 20.0
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for "stopped by Ctrl-C"
+
+
+class DemoError(Exception):
+    """The demo could not run; the message says what failed."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    nodes: int = 1000
+    rounds: int = 1
+    keep_running: bool = False
+    json_output: bool = False
+    timeout: float = 0.0  # seconds to wait for every acknowledgement; 0: derived from the size
+
+    @property
+    def expected(self) -> int:
+        return self.nodes * self.rounds
+
+    @property
+    def wait_timeout(self) -> float:
+        return self.timeout or 30.0 + self.expected / 2_000
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def demo_broker_conf(*, server_url: str, logfile: str, stats_port: int, queue_len: int = QUEUE_LEN) -> str:
+    """The broker.conf the demo runs: one `node_data` adapter, everything else at its default."""
+    return f"""\
+# Written by `choria-broker-adapters demo`; removed when the demo ends.
+# One local nats-server is both the Choria network and JetStream, without TLS:
+# add --disable-tls to `run`, `streams setup` and `streams status` with this file.
+identity = choria-broker-adapters-demo
+logfile = {logfile}
+loglevel = info
+plugin.choria.middleware_hosts = {server_url}
+plugin.choria.stats_address = 127.0.0.1
+plugin.choria.stats_port = {stats_port}
+
+plugin.choria.adapters = {ADAPTER_NAME}
+plugin.choria.adapter.{ADAPTER_NAME}.type = jetstream
+plugin.choria.adapter.{ADAPTER_NAME}.queue_len = {queue_len}
+plugin.choria.adapter.{ADAPTER_NAME}.ingest.topic = {REGISTRATION_SUBJECT}
+plugin.choria.adapter.{ADAPTER_NAME}.ingest.protocol = request
+plugin.choria.adapter.{ADAPTER_NAME}.stream.topic = {STREAM_TOPIC}
+"""
+
+
+@dataclass(frozen=True)
+class Counts:
+    """One look at the fleet's and the adapter's counters."""
+
+    sent: int = 0
+    received: int = 0
+    stored: int = 0  # acknowledged by JetStream (duplicates included)
+    duplicates: int = 0
+    retries: int = 0
+    queued: int = 0
+    in_flight: int = 0
+    drops: Mapping[str, int] = field(default_factory=dict)  # reason → count, only non-zero
+
+    @classmethod
+    def from_state(cls, sent: int, state: Any) -> Counts:
+        counts = state.counts
+        drops = {
+            key.removeprefix("dropped_"): value
+            for key, value in counts.items()
+            if key.startswith("dropped_") and value
+        }
+        return cls(
+            sent=sent,
+            received=counts.get("received", 0),
+            stored=counts.get("stored", 0),
+            duplicates=counts.get("duplicates", 0),
+            retries=counts.get("retries", 0),
+            queued=state.queued,
+            in_flight=state.in_flight,
+            drops=drops,
+        )
+
+    @property
+    def ingest_outcomes(self) -> int:
+        """Registrations the adapter has taken in: queued for publishing or dropped on arrival."""
+        return self.received + sum(self.drops.get(key.removeprefix("dropped_"), 0) for key in INGEST_DROPS)
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
+
+    @property
+    def published(self) -> int:
+        """Handed to JetStream: acknowledged, waiting for an ack, or given up after retries."""
+        return self.stored + self.in_flight + self.drops.get("publish", 0)
+
+    @property
+    def resolved(self) -> int:
+        """Registrations with a final outcome: stored or dropped (for a named reason)."""
+        return self.stored + self.dropped
+
+    @property
+    def idle(self) -> bool:
+        return self.queued == 0 and self.in_flight == 0
+
+
+def progress_text(counts: Counts, expected: int, elapsed: float) -> str:
+    rate = counts.stored / elapsed if elapsed > 0 else 0.0
+    text = (
+        f"sent {counts.sent}/{expected} · received {counts.received} · "
+        f"acknowledged {counts.stored} · {rate:,.0f} msgs/s"
+    )
+    if counts.dropped:
+        text += f" · dropped {counts.dropped}"
+    return text
+
+
+def rate(messages: int, seconds: float) -> float:
+    return messages / seconds if seconds > 0 else 0.0
+
+
+@dataclass
+class Sample:
+    """One stored message, as JetStream returns it."""
+
+    subject: str
+    sequence: int
+    message_id: str
+    body: bytes
+
+    def document(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+    def decoded_data(self) -> Any:
+        """The registration inside `data` (a JSON string in the output document), decoded."""
+        data = self.document().get("data")
+        if not isinstance(data, str):
+            return data
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data
+
+
+@dataclass
+class DemoReport:
+    options: DemoOptions
+    counts: Counts
+    stream: str = ""
+    stream_subjects: tuple[str, ...] = ()
+    stored_in_stream: int = 0
+    distinct_subjects: int = 0
+    seconds: float = 0.0  # first publish → last acknowledgement
+    publish_seconds: float = 0.0
+    sample: Sample | None = None
+    interrupted: bool = False
+    timed_out: bool = False
+    server_url: str = ""
+    monitor_url: str = ""
+    stats_url: str = ""
+    nats_server_pid: int | None = None
+    workdir: str = ""
+    config_file: str = ""
+    log_file: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems()
+
+    def problems(self) -> list[str]:
+        """Why the demo failed, one sentence each; empty when every registration was stored once."""
+        counts, expected = self.counts, self.options.expected
+        problems = []
+        if self.interrupted:
+            problems.append(f"interrupted after sending {counts.sent} of {expected} registrations")
+        missing = counts.sent - counts.ingest_outcomes
+        if missing > 0:
+            problems.append(
+                f"{missing} registration(s) never reached the adapter (core NATS delivers at most "
+                "once; the subscription or connection lost them)"
+            )
+        for reason, count in sorted(counts.drops.items()):
+            problems.append(f"{count} registration(s) dropped by the adapter, reason {reason!r}")
+        if counts.idle is False:
+            problems.append(
+                f"{counts.queued} registration(s) still queued and {counts.in_flight} waiting for "
+                "JetStream acknowledgements"
+            )
+        if self.timed_out:
+            problems.append(f"not everything was acknowledged within {self.options.wait_timeout:g}s")
+        if self.stored_in_stream != counts.sent:
+            problems.append(
+                f"the stream {self.stream or '(none)'} holds {self.stored_in_stream} message(s), "
+                f"{counts.sent} were sent"
+            )
+        if counts.sent and self.distinct_subjects != min(counts.sent, self.options.nodes):
+            problems.append(
+                f"{self.distinct_subjects} distinct node subject(s) in the stream, "
+                f"expected {min(counts.sent, self.options.nodes)}"
+            )
+        return problems
+
+    def document(self) -> dict[str, Any]:
+        """The --json output."""
+        counts = self.counts
+        sample = None
+        if self.sample is not None:
+            sample = {
+                "subject": self.sample.subject,
+                "sequence": self.sample.sequence,
+                "message_id": self.sample.message_id,
+                "document": self.sample.document(),
+                "data": self.sample.decoded_data(),
+            }
+        return {
+            "ok": self.ok,
+            "problems": self.problems(),
+            "nodes": self.options.nodes,
+            "rounds": self.options.rounds,
+            "adapter": ADAPTER_NAME,
+            "sent": counts.sent,
+            "received": counts.received,
+            "published": counts.published,
+            "acknowledged": counts.stored,
+            "duplicates": counts.duplicates,
+            "retries": counts.retries,
+            "dropped": dict(counts.drops),
+            "stream": self.stream,
+            "stream_subjects": list(self.stream_subjects),
+            "stored": self.stored_in_stream,
+            "distinct_subjects": self.distinct_subjects,
+            "seconds": round(self.seconds, 4),
+            "msgs_per_second": round(rate(counts.stored, self.seconds), 1),
+            "publish_msgs_per_second": round(rate(counts.sent, self.publish_seconds), 1),
+            "sample": sample,
+            "interrupted": self.interrupted,
+            "server_url": self.server_url,
+            "monitor_url": self.monitor_url,
+            "stats_url": self.stats_url,
+            "nats_server_pid": self.nats_server_pid,
+            "workdir": self.workdir,
+            "config_file": self.config_file,
+            "log_file": self.log_file,
+        }
+
+
+def summary_text(report: DemoReport) -> str:
+    counts, options = report.counts, report.options
+    subjects = ", ".join(report.stream_subjects)
+    drops = ", ".join(f"{reason} {count}" for reason, count in sorted(counts.drops.items())) or "none"
+    stream_label = f"stored in {report.stream or 'the stream'}"
+    rows = [
+        ("sent by the fleet", counts.sent, f"core NATS on {REGISTRATION_SUBJECT}"),
+        ("received by the adapter", counts.received, f"adapter {ADAPTER_NAME}, type jetstream"),
+        ("published to JetStream", counts.published, ""),
+        (
+            "acknowledged by JetStream",
+            counts.stored,
+            f"{counts.duplicates} duplicate(s), {counts.retries} retry(ies)",
+        ),
+        (stream_label, report.stored_in_stream, ""),
+        ("distinct node subjects", report.distinct_subjects, subjects),
+    ]
+    width = max(len(label) for label, _, _ in rows)
+    each = f"{options.rounds} v1 inventory registration{'s' if options.rounds != 1 else ''}"
+    lines = [f"choria-broker-adapters demo: {options.nodes} simulated node(s), each publishing {each}", ""]
+    for label, value, note in rows:
+        lines.append(f"  {label:<{width}}  {value:>8}" + (f"  ({note})" if note else ""))
+    lines.append(f"  {'dropped':<{width}}  {drops:>8}")
+    lines.append(
+        f"  {'throughput':<{width}}  {rate(counts.stored, report.seconds):>8,.0f}  msgs/s end to end "
+        f"({counts.stored} acknowledged in {report.seconds:.2f}s, fleet and adapter in this one process)"
+    )
+    if report.sample is not None:
+        sample = report.sample
+        lines += [
+            "",
+            f"one stored document: {sample.subject} (stream sequence {sample.sequence}, "
+            f"Nats-Msg-Id {sample.message_id})",
+            pretty_json(_document_for_display(sample.document())),
+            "its data, decoded:",
+            pretty_json(sample.decoded_data()),
+        ]
+    lines.append("")
+    problems = report.problems()
+    if problems:
+        lines.append("FAILED: not every registration sent was stored exactly once:")
+        lines += [f"  - {problem}" for problem in problems]
+    else:
+        lines.append(
+            f"OK: all {counts.sent} registrations sent were stored exactly once, one subject per node."
+        )
+    return "\n".join(lines)
+
+
+def pretty_json(value: Any, width: int = 100, indent: int = 2, _level: int = 0) -> str:
+    """JSON indented like `json.dumps(indent=2)`, but any object or list that fits in `width`
+    columns stays on one line: an inventory reads in a screenful instead of three."""
+    compact = json.dumps(value, separators=(", ", ": "), ensure_ascii=False)
+    if not isinstance(value, dict | list) or not value or _level * indent + len(compact) <= width:
+        return compact
+    inner = " " * ((_level + 1) * indent)
+    closing = " " * (_level * indent)
+    if isinstance(value, dict):
+        items = [
+            f"{inner}{json.dumps(key, ensure_ascii=False)}: {pretty_json(item, width, indent, _level + 1)}"
+            for key, item in value.items()
+        ]
+        return "{\n" + ",\n".join(items) + f"\n{closing}}}"
+    items = [f"{inner}{pretty_json(item, width, indent, _level + 1)}" for item in value]
+    return "[\n" + ",\n".join(items) + f"\n{closing}]"
+
+
+def _document_for_display(document: dict[str, Any]) -> dict[str, Any]:
+    data = document.get("data")
+    if isinstance(data, str):
+        return {**document, "data": f"<{len(data):,} characters of JSON, decoded below>"}
+    return document
+
+
+def inspect_text(report: DemoReport, command: str = "choria-broker-adapters") -> str:
+    """How to look at what --keep-running leaves up."""
+    server, stream = report.server_url, report.stream
+    node_subject = STREAM_TOPIC.replace("%s", node_name(0))
+    config = report.config_file
+    return f"""\
+The demo keeps running; press Ctrl-C to stop it and remove everything it started.
+  NATS server      {server}  (pid {report.nats_server_pid}; Choria network and JetStream)
+  server monitor   {report.monitor_url}/jsz?streams=true
+  stream           {stream}  ({", ".join(report.stream_subjects)})
+  adapter config   {config}
+  adapter log      {report.log_file}
+  adapter metrics  {report.stats_url}/choria/prometheus
+  temp directory   {report.workdir}  (removed on exit)
+try:
+  nats --server {server} stream info {stream}
+  nats --server {server} stream subjects {stream}
+  nats --server {server} stream get {stream} --last-for {node_subject}
+  {command} streams status --config {config} --disable-tls
+  curl -s {report.stats_url}/choria/
+ready: press Ctrl-C to stop"""
+
+
+# --------------------------------------------------------------------------- progress line
+
+
+class Progress:
+    """A live progress line on a terminal (rewritten in place), plain lines elsewhere."""
+
+    def __init__(self, stream: TextIO, *, interactive: bool | None = None) -> None:
+        self.stream = stream
+        self.interactive = stream.isatty() if interactive is None else interactive
+        self.interval = 0.1 if self.interactive else 1.0
+        self._last_length = 0
+
+    def show(self, text: str) -> None:
+        if self.interactive:
+            padding = " " * max(0, self._last_length - len(text))
+            self.stream.write(f"\r{text}{padding}")
+            self._last_length = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def finish(self, text: str) -> None:
+        self.show(text)
+        if self.interactive:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._last_length = 0
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class DemoNatsServer(NatsServer):
+    """A NatsServer in its own session, so a Ctrl-C at the terminal does not stop it first."""
+
+    def start(self, timeout: float = 15.0) -> DemoNatsServer:
+        if self.running:
+            return self
+        self.config_file.write_text(self.render_config())
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.config_file), "-l", str(self.log_file)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._wait_ready(offset, timeout)
+        return self
+
+
+def _fetch_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return dict(json.load(response))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Demo:
+    """Start everything, run the fleet through the adapter, report, and remove everything."""
+
+    def __init__(self, options: DemoOptions, *, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.options = options
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.workdir: Path | None = None
+        self.server: DemoNatsServer | None = None
+        self.report: DemoReport | None = None
+
+    def run(self) -> int:
+        """The exit status: 0 all stored, 1 not (explained), 130 interrupted before the end."""
+        previous_term = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            self._say("interrupted: stopping and removing everything the demo started")
+            return EXIT_INTERRUPTED
+        except DemoError as error:
+            self._say(f"demo failed: {error}")
+            return EXIT_FAILURE
+        finally:
+            # Cleaning up must not be cut short by an impatient second Ctrl-C.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                self.cleanup()
+            finally:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, previous_term)
+
+    def _run(self) -> int:
+        from choria_broker_adapters import logs
+        from choria_broker_adapters.natsserver import NatsServerError
+        from choria_broker_adapters.settings import ConfigError, load_settings
+
+        self.workdir = Path(tempfile.mkdtemp(prefix="cba-demo-"))
+        monitor_port = free_port()
+        (self.workdir / "nats").mkdir()
+        self.server = DemoNatsServer(
+            jetstream=True,
+            name="choria-broker-adapters-demo",
+            workdir=self.workdir / "nats",
+            extra_config=f'http: "127.0.0.1:{monitor_port}"',
+        )
+        try:
+            self.server.start()
+        except NatsServerError as error:
+            raise DemoError(str(error)) from None
+        config = self.workdir / "broker.conf"
+        log_file = self.workdir / "adapters.log"
+        stats_port = free_port()
+        config.write_text(
+            demo_broker_conf(server_url=self.server.url, logfile=str(log_file), stats_port=stats_port)
+        )
+        try:
+            settings = load_settings(str(config))
+        except ConfigError as error:  # the demo wrote it: a bug, but say what is wrong
+            raise DemoError(f"the demo's own configuration is invalid: {error}") from None
+        logs.configure(settings.logfile, settings.loglevel)
+        self.report = DemoReport(
+            options=self.options,
+            counts=Counts(),
+            server_url=self.server.url,
+            monitor_url=f"http://127.0.0.1:{monitor_port}",
+            stats_url=f"http://127.0.0.1:{stats_port}",
+            nats_server_pid=self.server.pid,
+            workdir=str(self.workdir),
+            config_file=str(config),
+            log_file=str(log_file),
+        )
+        try:
+            _event_loop_runner()(self._run_async(settings, self.report))
+        finally:
+            logs.configure("discard", "error")  # close the log file before its directory goes
+        return self._finish(self.report)
+
+    def _finish(self, report: DemoReport) -> int:
+        if report.interrupted and report.counts.sent < self.options.expected:
+            self._say(
+                f"interrupted after sending {report.counts.sent} of {self.options.expected} "
+                "registrations; everything the demo started is stopped and removed"
+            )
+            return EXIT_INTERRUPTED
+        return EXIT_OK if report.ok else EXIT_FAILURE
+
+    async def _run_async(self, settings: Any, report: DemoReport) -> None:
+        import nats
+
+        from choria_broker_adapters.runtime import Runtime
+
+        loop = asyncio.get_running_loop()
+        interrupted = asyncio.Event()
+
+        def watch_signals() -> None:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, interrupted.set)
+
+        watch_signals()
+        runtime = Runtime(settings, disable_tls=True)
+
+        def stopping() -> bool:
+            return interrupted.is_set() or runtime.stop_requested.is_set()
+
+        fleet_errors: list[str] = []
+
+        async def on_fleet_error(error: Exception) -> None:
+            fleet_errors.append(str(error) or type(error).__name__)
+
+        nc = await nats.connect(
+            report.server_url, name="choria-broker-adapters demo fleet", error_cb=on_fleet_error
+        )
+        runtime_task: asyncio.Task[None] | None = None
+        try:
+            report.stream, report.stream_subjects = await _setup_stream(nc, settings)
+            runtime_task = asyncio.create_task(runtime.run(), name="runtime")
+            # Runtime.run installs its own SIGINT/SIGTERM handlers (request_stop) on its first
+            # step; `stopping()` watches both, so either way a signal ends the demo.
+            await asyncio.sleep(0)
+            adapter = runtime.adapters[0]
+            await self._wait_for_subscriptions(adapter, report, stopping, runtime_task)
+            if not stopping():
+                await self._publish_and_wait(nc, adapter, report, stopping)
+            report.interrupted = stopping()
+            await _read_stream(nc, report)
+            self._print_report(report)
+            if self.options.keep_running and not stopping():
+                self._print_inspect(report)
+                while not stopping() and not runtime_task.done():
+                    await asyncio.sleep(0.1)
+                self._say("stopping: the runtime, then the nats-server; removing " + report.workdir)
+        finally:
+            runtime.request_stop("demo ending")
+            if runtime_task is not None:
+                await runtime_task
+            watch_signals()  # Runtime.run removed the handlers when it ended
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    async def _wait_for_subscriptions(
+        self, adapter: Any, report: DemoReport, stopping: Callable[[], bool], runtime_task: asyncio.Task[None]
+    ) -> None:
+        """Until the server has every ingest worker's queue subscription: core NATS drops earlier messages."""
+        workers = adapter.adapter.ingest_workers
+        queue_group = f"nats_ingest_{adapter.name}"
+        url = f"{report.monitor_url}/subsz?subs=1&test={REGISTRATION_SUBJECT}"
+        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
+        while not stopping():
+            if runtime_task.done():
+                runtime_task.result()  # raises what stopped it
+                raise DemoError("the runtime stopped before it subscribed")
+            listing = await asyncio.to_thread(_fetch_json, url)
+            members = [
+                sub for sub in listing.get("subscriptions_list") or () if sub.get("qgroup") == queue_group
+            ]
+            if len(members) >= workers:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"only {len(members)} of {workers} ingest subscription(s) on {REGISTRATION_SUBJECT} "
+                    f"after {SUBSCRIBE_TIMEOUT:g}s; see {report.log_file}"
+                )
+            await asyncio.sleep(0.05)
+
+    async def _publish_and_wait(
+        self, nc: Any, adapter: Any, report: DemoReport, stopping: Callable[[], bool]
+    ) -> None:
+        options = self.options
+        progress = Progress(self.err)
+        sent = 0
+
+        def look() -> Counts:
+            return Counts.from_state(sent, adapter.state())
+
+        started = time.monotonic()
+        last_shown = 0.0
+
+        def show(force: bool = False) -> None:
+            nonlocal last_shown
+            now = time.monotonic()
+            if force or now - last_shown >= progress.interval:
+                last_shown = now
+                progress.show(progress_text(look(), options.expected, now - started))
+
+        for registration in fleet(options.nodes, rounds=options.rounds):
+            await nc.publish(REGISTRATION_SUBJECT, registration.payload)
+            sent += 1
+            if sent % PUBLISH_BATCH == 0:
+                await _pace(look, stopping, show)
+                if stopping():
+                    break
+        await nc.flush()
+        report.publish_seconds = time.monotonic() - started
+
+        deadline = started + options.wait_timeout
+        settled_since: float | None = None
+        previous = look()
+        while not stopping():
+            counts = look()
+            now = time.monotonic()
+            if counts.resolved >= counts.sent and counts.idle:
+                break
+            # Nothing moves and nothing is pending: the rest never arrived (core NATS loss).
+            if counts.idle and counts == previous and counts.resolved == counts.ingest_outcomes:
+                settled_since = settled_since or now
+                if now - settled_since >= SETTLE_SECONDS:
+                    break
+            else:
+                settled_since = None
+            if now > deadline:
+                report.timed_out = True
+                break
+            previous = counts
+            show()
+            await asyncio.sleep(0.005)
+        report.seconds = time.monotonic() - started
+        report.counts = look()
+        progress.finish(progress_text(report.counts, options.expected, report.seconds))
+
+    def _print_report(self, report: DemoReport) -> None:
+        if self.options.json_output:
+            print(json.dumps(report.document(), indent=2), file=self.out, flush=True)
+        else:
+            print(summary_text(report), file=self.out, flush=True)
+        if not report.ok and not report.interrupted:
+            for line in _log_problems(Path(report.log_file)):
+                self._say(f"adapter log: {line}")
+
+    def _print_inspect(self, report: DemoReport) -> None:
+        # In --json mode stdout holds just the document; the instructions go to stderr.
+        target = self.err if self.options.json_output else self.out
+        print(inspect_text(report), file=target, flush=True)
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
+
+    def cleanup(self) -> None:
+        """Stop the nats-server and remove the temporary directory (idempotent)."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+async def _pace(look: Callable[[], Counts], stopping: Callable[[], bool], show: Callable[[], None]) -> None:
+    """Wait while the fleet is more than PUBLISH_WINDOW ahead of the adapter's intake.
+
+    Gives up waiting when the intake stops moving for SETTLE_SECONDS (lost messages must not
+    stall the fleet; the summary counts them).
+    """
+    show()
+    last_change = time.monotonic()
+    previous = look().ingest_outcomes
+    while not stopping():
+        counts = look()
+        if counts.sent - counts.ingest_outcomes <= PUBLISH_WINDOW:
+            return
+        now = time.monotonic()
+        if counts.ingest_outcomes != previous:
+            previous, last_change = counts.ingest_outcomes, now
+        elif now - last_change > SETTLE_SECONDS:
+            return
+        show()
+        await asyncio.sleep(0.002)
+
+
+async def _setup_stream(nc: Any, settings: Any) -> tuple[str, tuple[str, ...]]:
+    """Create the adapter's stream with the `streams setup` code; (name, subjects)."""
+    from choria_broker_adapters.provision import plan_streams
+    from choria_broker_adapters.streams_admin import JetStreamAdminError, apply_stream
+
+    plan = plan_streams(settings.adapters.values())
+    if plan.problems:
+        raise DemoError("; ".join(plan.problems))
+    (stream,) = plan.streams
+    try:
+        outcome = await apply_stream(nc, stream)
+    except JetStreamAdminError as error:
+        raise DemoError(f"cannot create stream {stream.name}: {error.args[0]}") from None
+    if not outcome.ok:
+        raise DemoError(outcome.describe())
+    return stream.name, tuple(stream.subjects)
+
+
+async def _read_stream(nc: Any, report: DemoReport) -> None:
+    """Fill the stream's message and subject counts and one stored sample into the report."""
+    from choria_broker_adapters.output import output_subject
+    from choria_broker_adapters.streams_admin import stream_status
+
+    status = await stream_status(nc, report.stream)
+    if status is None:
+        return
+    report.stored_in_stream = status.messages
+    report.distinct_subjects = status.distinct_subjects
+    if status.messages == 0:
+        return
+    subject = output_subject(STREAM_TOPIC, node_name(0))
+    try:
+        stored = await nc.jetstream().get_last_msg(report.stream, subject)
+    except Exception:  # node 0 may be what was lost; the first message will do
+        stored = await nc.jetstream().get_msg(report.stream, seq=1, next=True)
+    headers = stored.headers or {}
+    report.sample = Sample(
+        subject=stored.subject or subject,
+        sequence=int(stored.seq or 0),
+        message_id=str(headers.get("Nats-Msg-Id", "")),
+        body=bytes(stored.data or b""),
+    )
+
+
+def _log_problems(path: Path, limit: int = 10) -> list[str]:
+    """The adapter log's last warnings and errors (the log goes with the temporary directory)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    problems = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if str(entry.get("level", "")).lower() in {"warning", "warn", "error", "critical"}:
+            problems.append(str(entry.get("msg", line)))
+    return problems[-limit:]
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _event_loop_runner() -> Callable[[Any], Any]:
+    """uvloop when installed (as `run` uses), else the stdlib loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run  # type: ignore[no-any-return]
