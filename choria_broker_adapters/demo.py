@@ -427,8 +427,19 @@ class Progress:
 # --------------------------------------------------------------------------- the server
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec: Linux sends SIGTERM when the demo dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class DemoNatsServer(NatsServer):
-    """A NatsServer in its own session, so a Ctrl-C at the terminal does not stop it first."""
+    """A NatsServer in its own session, so a Ctrl-C at the terminal does not stop it before
+    the runtime has drained, and tied to the demo's life, so a killed demo leaves no server."""
 
     def start(self, timeout: float = 15.0) -> DemoNatsServer:
         if self.running:
@@ -441,6 +452,7 @@ class DemoNatsServer(NatsServer):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=_stop_with_parent,  # safe: the demo starts the server before any thread exists
         )
         self._wait_ready(offset, timeout)
         return self
@@ -475,6 +487,9 @@ class Demo:
             return EXIT_INTERRUPTED
         except DemoError as error:
             self._say(f"demo failed: {error}")
+            if self.report is not None:  # the log goes with the temporary directory: show it now
+                for line in _log_problems(Path(self.report.log_file)):
+                    self._say(f"adapter log: {line}")
             return EXIT_FAILURE
         finally:
             # Cleaning up must not be cut short by an impatient second Ctrl-C.
@@ -559,14 +574,7 @@ class Demo:
         def stopping() -> bool:
             return interrupted.is_set() or runtime.stop_requested.is_set()
 
-        fleet_errors: list[str] = []
-
-        async def on_fleet_error(error: Exception) -> None:
-            fleet_errors.append(str(error) or type(error).__name__)
-
-        nc = await nats.connect(
-            report.server_url, name="choria-broker-adapters demo fleet", error_cb=on_fleet_error
-        )
+        nc = await nats.connect(report.server_url, name="choria-broker-adapters demo fleet")
         runtime_task: asyncio.Task[None] | None = None
         try:
             report.stream, report.stream_subjects = await _setup_stream(nc, settings)
@@ -579,8 +587,9 @@ class Demo:
             if not stopping():
                 await self._publish_and_wait(nc, adapter, report, stopping)
             report.interrupted = stopping()
-            await _read_stream(nc, report)
-            self._print_report(report)
+            if report.counts.sent or not report.interrupted:  # else there is nothing to sum up
+                await _read_stream(nc, report)
+                self._print_report(report)
             if self.options.keep_running and not stopping():
                 self._print_inspect(report)
                 while not stopping() and not runtime_task.done():
@@ -588,11 +597,15 @@ class Demo:
                 self._say("stopping: the runtime, then the nats-server; removing " + report.workdir)
         finally:
             runtime.request_stop("demo ending")
+            outcome: BaseException | None = None
             if runtime_task is not None:
-                await runtime_task
+                (outcome,) = await asyncio.gather(runtime_task, return_exceptions=True)
             watch_signals()  # Runtime.run removed the handlers when it ended
             with contextlib.suppress(Exception):
                 await nc.close()
+        # Reached only when nothing else is on its way out: a runtime failure is the error then.
+        if isinstance(outcome, Exception):
+            raise DemoError(f"the runtime failed: {outcome}") from outcome
 
     async def _wait_for_subscriptions(
         self, adapter: Any, report: DemoReport, stopping: Callable[[], bool], runtime_task: asyncio.Task[None]
@@ -604,8 +617,8 @@ class Demo:
         deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
         while not stopping():
             if runtime_task.done():
-                runtime_task.result()  # raises what stopped it
-                raise DemoError("the runtime stopped before it subscribed")
+                error = runtime_task.exception()
+                raise DemoError(f"the runtime stopped before it subscribed: {error or 'no error given'}")
             listing = await asyncio.to_thread(_fetch_json, url)
             members = [
                 sub for sub in listing.get("subscriptions_list") or () if sub.get("qgroup") == queue_group
@@ -615,7 +628,7 @@ class Demo:
             if time.monotonic() > deadline:
                 raise DemoError(
                     f"only {len(members)} of {workers} ingest subscription(s) on {REGISTRATION_SUBJECT} "
-                    f"after {SUBSCRIBE_TIMEOUT:g}s; see {report.log_file}"
+                    f"after {SUBSCRIBE_TIMEOUT:g}s"
                 )
             await asyncio.sleep(0.05)
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,6 +218,17 @@ def test_demo_json_counts(nodes: int, rounds: int) -> None:
     assert not Path(report["workdir"]).exists()
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """After a failed assertion: SIGTERM lets the demo clean up; SIGKILL only if it hangs."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -274,9 +286,7 @@ def test_keep_running_stops_and_removes_everything_on_a_signal(sig: signal.Signa
         assert not _pid_alive(server_pid)
         assert not workdir.exists()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _stop(process)
 
 
 def test_interrupt_while_publishing_exits_130_and_cleans_up() -> None:
@@ -299,6 +309,27 @@ def test_interrupt_while_publishing_exits_130_and_cleans_up() -> None:
         assert not _pid_alive(server_pid)
         assert not workdir.exists()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+def test_a_killed_demo_takes_its_nats_server_with_it() -> None:
+    process = subprocess.Popen(
+        [*COMMAND, "--nodes", "5", "--keep-running"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        bufsize=0,
+        env=ENV,
+    )
+    try:
+        shown = _read_until(process.stdout, "ready: press Ctrl-C", 60)
+        server_pid = int(re.search(r"\(pid (\d+);", shown).group(1))  # type: ignore[union-attr]
+        workdir = Path(re.search(r"temp directory\s+(\S+)", shown).group(1))  # type: ignore[union-attr]
+        process.kill()  # no chance to clean up: the kernel's parent-death signal stops the server
+        process.wait(10)
+        deadline = time.monotonic() + 15
+        while _pid_alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _pid_alive(server_pid)
+    finally:
+        _stop(process)
+        shutil.rmtree(workdir, ignore_errors=True)  # only a clean exit removes it
