@@ -26,7 +26,6 @@ import contextlib
 import json
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -427,37 +426,6 @@ class Progress:
 # --------------------------------------------------------------------------- the server
 
 
-def _stop_with_parent() -> None:
-    """In the child before exec: Linux sends SIGTERM when the demo dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-class DemoNatsServer(NatsServer):
-    """A NatsServer in its own session, so a Ctrl-C at the terminal does not stop it before
-    the runtime has drained, and tied to the demo's life, so a killed demo leaves no server."""
-
-    def start(self, timeout: float = 15.0) -> DemoNatsServer:
-        if self.running:
-            return self
-        self.config_file.write_text(self.render_config())
-        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        self.process = subprocess.Popen(
-            [self.binary, "-c", str(self.config_file), "-l", str(self.log_file)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_stop_with_parent,  # safe: the demo starts the server before any thread exists
-        )
-        self._wait_ready(offset, timeout)
-        return self
-
-
 def _fetch_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=2) as response:
         return dict(json.load(response))
@@ -474,7 +442,7 @@ class Demo:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.workdir: Path | None = None
-        self.server: DemoNatsServer | None = None
+        self.server: NatsServer | None = None
         self.report: DemoReport | None = None
 
     def run(self) -> int:
@@ -509,7 +477,8 @@ class Demo:
         self.workdir = Path(tempfile.mkdtemp(prefix="cba-demo-"))
         monitor_port = free_port()
         (self.workdir / "nats").mkdir()
-        self.server = DemoNatsServer(
+        self.server = NatsServer(
+            detached=True,
             jetstream=True,
             name="choria-broker-adapters-demo",
             workdir=self.workdir / "nats",

@@ -7,6 +7,7 @@ in a private store directory on a free loopback port. The binary comes from the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -39,6 +40,16 @@ def find_nats_server_binary() -> str:
     )
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec: ask Linux to send SIGTERM when the parent dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -57,6 +68,9 @@ class NatsServer:
     extra_config: str = ""
     max_payload: int | None = None
     binary: str = ""
+    # Own session: a Ctrl-C at the terminal does not stop the server before its clients drain.
+    # Die with parent (Linux): a SIGKILLed owner leaves no server behind.
+    detached: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _owns_workdir: bool = field(default=False, init=False, repr=False)
 
@@ -117,6 +131,8 @@ class NatsServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=self.detached,
+            preexec_fn=_stop_with_parent if self.detached else None,
         )
         self._wait_ready(offset, timeout)
         return self

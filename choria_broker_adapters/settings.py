@@ -24,6 +24,7 @@ import voluptuous as vol
 
 from choria_broker_adapters.adapters.registry import ADAPTER_TYPES, RETIRED_TYPES, known_type_names
 from choria_broker_adapters.brokerconf import Problem, RawConfig, RawOption, Source, read_config
+from choria_broker_adapters.provision import derive_subjects, format_duration, subjects_problem
 
 ADAPTERS_KEY = "plugin.choria.adapters"
 ADAPTER_PREFIX = "plugin.choria.adapter."
@@ -74,18 +75,6 @@ def parse_duration(text: str) -> float:
     if position != len(text) or not text:
         raise ValueError(text)
     return total
-
-
-def format_duration(seconds: float) -> str:
-    if seconds and seconds % 86400 == 0:
-        return f"{int(seconds // 86400)}d"
-    if seconds and seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    if seconds == int(seconds):
-        return f"{int(seconds)}s"
-    return f"{round(seconds * 1000, 3):g}ms"
 
 
 def integer(minimum: int, maximum: int, *, allow: tuple[int, ...] = ()) -> Callable[[Any], int]:
@@ -242,21 +231,6 @@ def derive_stream_name(adapter_name: str) -> str:
     return "CHORIA_" + adapter_name.upper().replace("-", "_")
 
 
-def derive_stream_subjects(topic: str) -> tuple[str, ...] | None:
-    """Stream subjects capturing every subject `topic` produces; None when that needs stream.subjects.
-
-    A trailing `%s` becomes `>` because node identities contain dots.
-    """
-    if "%s" not in topic:
-        return (topic,)
-    head, _, rest = topic.rpartition(".")
-    if rest == "%s" and "%s" not in head and head:
-        return (f"{head}.>",)
-    if topic == "%s":
-        return (">",)
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Adapter keys
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +309,23 @@ ADAPTER_KEYS: tuple[AdapterKey, ...] = (
     ),
 )
 ADAPTER_KEYS_BY_SUFFIX = {key.suffix: key for key in ADAPTER_KEYS}
+DURATION_KEYS = frozenset(
+    {
+        "stream.ack_timeout",
+        "stream.retry_budget",
+        "shutdown_grace",
+        "stream.max_age",
+        "stream.duplicate_window",
+        "plugin.choria.network.connect_timeout",
+    }
+)
+
+
+def is_duration_key(key: str) -> bool:
+    """Whether `key` (a full key or an adapter key suffix) holds a duration in seconds."""
+    return any(key == name or key.endswith("." + name) for name in DURATION_KEYS)
+
+
 KNOWN_SUFFIXES = ("type", "stream.type", *ADAPTER_KEYS_BY_SUFFIX)
 
 ADAPTER_SCHEMA = vol.Schema(
@@ -749,16 +740,14 @@ def _adapter(build: _Builder, name: str, listing: RawOption | None) -> AdapterSe
     if typed["stream_name"] is None:
         typed["stream_name"] = derive_stream_name(name)
     if typed["stream_subjects"] is None:
-        derived = derive_stream_subjects(typed["stream_topic"])
-        if derived is None:
+        problem = subjects_problem(typed["stream_topic"])
+        if problem:
             build.error(
-                f"cannot derive stream subjects from stream.topic {typed['stream_topic']!r} "
-                "because %s is not its "
-                f"last token; set {prefix}stream.subjects = <subject>[, <subject>]",
+                f"{problem} (as {prefix}stream.subjects = <subject>[, <subject>])",
                 f"{prefix}stream.subjects",
                 options.get("stream.topic"),
             )
-            derived = ()
+        derived = () if problem else derive_subjects(typed["stream_topic"])
         typed["stream_subjects"] = derived
         sources["stream.subjects"] = "derived from stream.topic"
     if "stream.name" not in options:

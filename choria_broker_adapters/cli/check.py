@@ -9,7 +9,14 @@ from typing import Any
 
 from choria_broker_adapters.brokerconf import Problem
 from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_OK
-from choria_broker_adapters.settings import ConfigError, Settings, load_settings, tls_problems
+from choria_broker_adapters.settings import (
+    ConfigError,
+    Settings,
+    format_duration,
+    is_duration_key,
+    load_settings,
+    tls_problems,
+)
 
 NAME = "check"
 HELP = "validate a broker.conf and show the effective settings with their provenance"
@@ -80,7 +87,9 @@ def _error_document(error: ConfigError) -> dict[str, Any]:
     }
 
 
-def _format_value(value: Any) -> str:
+def _format_value(key: str, value: Any) -> str:
+    if is_duration_key(key) and isinstance(value, int | float):
+        return format_duration(value)
     if isinstance(value, tuple):
         return ", ".join(value) if value else "(none)"
     return str(value)
@@ -89,7 +98,7 @@ def _format_value(value: Any) -> str:
 def _print_rows(rows: list[tuple[str, Any, str]], indent: str) -> None:
     width = max(len(key) for key, _, _ in rows)
     for key, value, source in rows:
-        print(f"{indent}{key:<{width}} = {_format_value(value):<30}  # {source}")
+        print(f"{indent}{key:<{width}} = {_format_value(key, value):<30}  # {source}")
 
 
 def _print_text(settings: Settings, notes: list[Problem]) -> None:
