@@ -117,3 +117,27 @@ def example(name: str) -> tuple[bytes, dict[str, Any], bytes]:
     layers = json.loads((folder / "layers.json").read_text())
     expected = (folder / "expected_output.json").read_bytes()
     return wire, layers, expected
+
+
+async def publish_paced(url: str, subject: str, payloads: list[bytes], rate: float | None = None) -> None:
+    """Publish on core NATS, optionally paced at `rate` messages a second, then flush."""
+    import nats
+
+    nc = await nats.connect(url)
+    started = time.monotonic()
+    for index, payload in enumerate(payloads):
+        await nc.publish(subject, payload)
+        if rate:
+            ahead = started + (index + 1) / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+    await nc.flush()
+    await nc.close()
+
+
+async def stored_request_ids(js: JetStreamContext, stream: str) -> list[tuple[str, str]]:
+    """(sender, requestid) of every stored output document, duplicates kept."""
+    return [
+        (document["sender"], document["requestid"])
+        for document in (json.loads(body) for _, body in await stored_messages(js, stream))
+    ]

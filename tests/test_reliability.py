@@ -584,12 +584,6 @@ async def test_nats_password_never_appears_in_debug_logs_or_check_output(
     assert_no_secret(outputs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: connect_options raises ConnectConfigError (nkeys not installed) inside every "
-    "worker task; the tasks die with 'Task exception was never retrieved' tracebacks while the "
-    "process keeps running with no connections and exits 0",
-)
 async def test_credentials_file_contents_never_appear_in_logs_or_check_output(
     nats_server_factory: Callable[..., NatsServer], runtimes: list[Runtime], tmp_path: Path
 ) -> None:

@@ -16,15 +16,21 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from choria_broker_adapters.connect import connect_options, connect_with_backoff
+from choria_broker_adapters.connect import (
+    EVENT_DISCONNECTED,
+    EVENT_ERROR,
+    EVENT_SLOW_CONSUMER,
+    ConnectConfigError,
+    connect_options,
+    connect_with_backoff,
+)
 from choria_broker_adapters.jetstream import AckedPublisher, PublishOutcome, PublishResult, stream_for_subject
 from choria_broker_adapters.logs import RateLimitedWarning, adapter_logger
 from choria_broker_adapters.output import OutputError, encode_output, message_id, output_subject
@@ -171,9 +177,23 @@ class StreamsAdapter:
                 ", ".join(self.broker.middleware_hosts),
             )
         for worker in self._stream:
-            worker.task = asyncio.create_task(self._run_stream_worker(worker), name=f"stream {worker.name}")
+            worker.task = self._supervised(self._run_stream_worker(worker), "stream", worker.index)
         for ingest in self._ingest:
-            ingest.task = asyncio.create_task(self._run_ingest_worker(ingest), name=f"ingest {ingest.name}")
+            ingest.task = self._supervised(self._run_ingest_worker(ingest), "ingest", ingest.index)
+
+    def _supervised(self, work: Coroutine[Any, Any, None], side: str, index: int) -> asyncio.Task[None]:
+        """Run a worker; a crash is logged with the adapter and worker named, never swallowed."""
+        log = adapter_logger(self.name, side, index)
+
+        async def supervise() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Worker %s.%d of adapter %s failed and stopped", side, index, self.name)
+
+        return asyncio.create_task(supervise(), name=f"{side} {self.name}.{index}")
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop ingesting, then publish and confirm what is queued within the grace period."""
@@ -265,26 +285,32 @@ class StreamsAdapter:
         self, servers: tuple[str, ...], connection_name: str, side: str, index: int
     ) -> Client | None:
         log = adapter_logger(self.name, side, index)
-        options = connect_options(
-            self.broker,
-            servers=list(servers),
-            name=connection_name,
-            disable_tls=self.disable_tls,
-            on_event=self._connection_event(side, index),
-        )
+        try:
+            options = connect_options(
+                self.broker,
+                servers=list(servers),
+                name=connection_name,
+                disable_tls=self.disable_tls,
+                on_event=self._connection_event(side, index),
+            )
+        except ConnectConfigError as error:
+            # `run` refuses such settings before starting; this guards other callers (the demo).
+            log.error("Cannot connect, this worker stays idle: %s", error)
+            return None
         return await connect_with_backoff(options, log=log, stop_event=self._stopping)
 
     def _connection_event(self, side: str, index: int) -> Callable[[str, Any], None]:
         log = adapter_logger(self.name, side, index)
 
         def on_event(kind: str, detail: Any) -> None:
-            if kind == "error" and isinstance(detail, nats.errors.SlowConsumerError):
+            if kind == EVENT_SLOW_CONSUMER:
                 self._drop("slow_consumer")
                 self._warn_input.warn(
-                    "slow_consumer", "NATS client dropped a message: slow consumer (raise ingest.workers)"
+                    "slow_consumer",
+                    f"NATS client dropped a message, {detail} (raise ingest.workers or queue_len)",
                 )
-            elif kind in {"disconnected", "error"}:
-                log.warning("NATS connection %s: %s", kind, _describe(detail) if detail else "")
+            elif kind in {EVENT_DISCONNECTED, EVENT_ERROR} and not self._stopping.is_set():
+                log.warning("NATS connection %s: %s", kind, detail)
             else:
                 log.info("NATS connection %s", kind)
 

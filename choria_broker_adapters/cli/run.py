@@ -9,7 +9,7 @@ import sys
 
 from choria_broker_adapters import logs
 from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_OK
-from choria_broker_adapters.settings import ConfigError, load_settings, tls_problems
+from choria_broker_adapters.settings import ConfigError, Settings, load_settings, tls_problems
 
 NAME = "run"
 HELP = "run every configured adapter (the main job)"
@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         print("  (fix the paths, or run with --disable-tls for plain connections)", file=sys.stderr)
         return EXIT_CONFIG
+    connection_problem = _connection_problem(settings, disable_tls=args.disable_tls)
+    if connection_problem:
+        print(f"{settings.config_file}: {connection_problem}", file=sys.stderr)
+        return EXIT_CONFIG
     logs.configure(settings.logfile, settings.loglevel, debug=args.debug)
     log = logging.getLogger("choria_broker_adapters.runtime")
     for warning in settings.warnings:
@@ -70,6 +74,23 @@ def run(args: argparse.Namespace) -> int:
         if args.pid:
             remove_pid_file(args.pid)
     return EXIT_OK
+
+
+def _connection_problem(settings: Settings, *, disable_tls: bool) -> str | None:
+    """Build every connection's options once, so unusable TLS or credentials stop us before connecting."""
+    from choria_broker_adapters.connect import ConnectConfigError, connect_options
+
+    server_sets = {settings.middleware_hosts} | {
+        a.stream_servers for a in settings.adapters.values() if a.stream_servers
+    }
+    try:
+        for servers in server_sets:
+            connect_options(
+                settings, servers=list(servers), name="check", disable_tls=disable_tls, on_event=None
+            )
+    except ConnectConfigError as error:
+        return str(error)
+    return None
 
 
 def _event_loop_runner():  # type: ignore[no-untyped-def]
