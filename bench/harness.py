@@ -441,6 +441,10 @@ async def run_trial(
         )
         await wait_for_count(js, stream, base + paced["published"], plan.stall_s, bridge)
         trial.paced_published = paced["published"]
+        if bridge.poll() is not None:
+            raise TrialFailed(
+                f"bridge exited with status {bridge.returncode} during the measurement: {tail(log)}"
+            )
         trial.peak_rss_mb = memory_mb(bridge.pid, "VmHWM")
         trial.rss_mb = memory_mb(bridge.pid, "VmRSS")
 
@@ -575,6 +579,7 @@ async def run_benchmark(plan: Plan, progress: Callable[[str], None]) -> dict[str
         "primary_input": primary,
         "bridges": by_input[primary]["bridges"],
         **ratios(by_input[primary]["bridges"]),
+        "targets": check_targets(by_input[primary]),
         "inputs": by_input,
         "plan": asdict(plan),
         "codec": codec.IMPLEMENTATION,
@@ -623,6 +628,27 @@ def bridge_commands(plan: Plan) -> dict[str, str]:
     return commands
 
 
+# The targets of issue 7 for the runtime on the 1 KiB class input: (name, key, comparison, limit).
+TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    ("runtime >= 0.8 x fast bridge", "ratio_runtime_fast", ">=", 0.8),
+    ("runtime >= 6 x naive bridge", "ratio_runtime_naive", ">=", 6.0),
+    ("p99 <= 20 ms at the paced rate", "p99_ms", "<=", 20.0),
+    ("steady-state RSS <= 100 MB", "steady_rss_mb", "<=", 100.0),
+    ("zero loss at the paced rate", "lost_paced", "<=", 0.0),
+)
+
+
+def check_targets(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with the measured value and whether it is met (None: not measured)."""
+    runtime = section["bridges"].get("runtime", {})
+    results = []
+    for name, key, comparison, limit in TARGETS:
+        value = section.get(key) if key.startswith("ratio_") else runtime.get(key)
+        met = None if value is None else (value >= limit if comparison == ">=" else value <= limit)
+        results.append({"target": name, "measured": value, "met": met})
+    return results
+
+
 def ratios(bridges: dict[str, Any]) -> dict[str, float | None]:
     def rate(name: str) -> float | None:
         entry = bridges.get(name, {})
@@ -658,6 +684,9 @@ def _cell(value: Any, spec: str) -> str:
     if value is None:
         return "-"
     return format(value, spec)
+
+
+_TARGET_MARK = {True: "met", False: "NOT MET", None: "not measured"}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -696,6 +725,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"primary input {report['primary_input']}: "
         f"ratio runtime/fast {_cell(report['ratio_runtime_fast'], '.2f')}, "
         f"runtime/naive {_cell(report['ratio_runtime_naive'], '.2f')}",
+        "targets (issue 7; runtime on the primary input):",
+        *(
+            f"  {_TARGET_MARK[target['met']]:<12} {target['target']} "
+            f"(measured {_cell(target['measured'], 'g')})"
+            for target in report["targets"]
+        ),
         "",
         "msgs/s, MB/s: unpaced phase, stored messages (and their input bytes) from first publish "
         "to last stored timestamp",
