@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench import codec
-from bench.harness import BRIDGES, RUNTIME_MODULE
+from bench.harness import BRIDGES, RUNTIME_MODULE, Trial, check_targets, summarise
 from bench.messages import INPUTS, load_template, make_request_id, parse_request_id, sender_name
 from bench.stats import cpu_ticks_from_stat, percentile, status_kib, stored_time_ns
 
@@ -135,3 +135,49 @@ def test_quick_benchmark_runs_tiny_and_loses_nothing() -> None:
         else:
             assert not runtime["available"] and "not available" in runtime["reason"], runtime
             assert section["ratio_runtime_fast"] is None and section["ratio_runtime_naive"] is None
+
+
+def _trial(rate: float, lost_paced: int, latencies: list[float]) -> Trial:
+    trial = Trial("fast", "registration_1k", 0)
+    trial.capacity_published = trial.capacity_stored = 1000
+    trial.capacity_bytes = 1_000_000
+    trial.capacity_seconds = 1000 / rate
+    trial.paced_published, trial.paced_stored = 100, 100 - lost_paced
+    trial.paced_latencies_ms = sorted(latencies)
+    return trial
+
+
+def test_summary_takes_medians_but_the_worst_loss() -> None:
+    summary = summarise(
+        [_trial(10_000, 0, [1.0, 2.0]), _trial(30_000, 3, [5.0, 6.0]), _trial(20_000, 0, [3.0, 4.0])]
+    )
+    assert summary["msgs_per_s"] == 20_000
+    assert summary["mb_per_s"] == 20.0  # 1 MB stored in 1/20 s
+    assert summary["p50_ms"] == 3.0
+    assert summary["lost"] == 3 and summary["lost_paced"] == 3
+
+
+def test_summary_of_failed_trials_is_unavailable_with_the_reason() -> None:
+    failed = Trial("runtime", "registration_1k", 0, error="bridge exited with status 78")
+    assert summarise([failed]) == {"available": False, "reason": "bridge exited with status 78"}
+
+
+@pytest.mark.parametrize(
+    ("runtime", "ratios", "met"),
+    [
+        (
+            {"p99_ms": 5.0, "steady_rss_mb": 60.0, "lost_paced": 0},
+            {"ratio_runtime_fast": 0.9, "ratio_runtime_naive": 7.0},
+            [True, True, True, True, True],
+        ),
+        (
+            {"p99_ms": 25.0, "steady_rss_mb": 120.0, "lost_paced": 2},
+            {"ratio_runtime_fast": 0.5, "ratio_runtime_naive": 6.0},
+            [False, True, False, False, False],
+        ),
+        ({}, {"ratio_runtime_fast": None, "ratio_runtime_naive": None}, [None] * 5),
+    ],
+)
+def test_targets(runtime: dict[str, float], ratios: dict[str, float | None], met: list[bool | None]) -> None:
+    section = {"bridges": {"runtime": runtime}, **ratios}
+    assert [target["met"] for target in check_targets(section)] == met
