@@ -106,7 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def bridge(args: argparse.Namespace) -> None:
     ingest = await nats.connect(args.ingest_url, name="bench-fast-ingest")
-    stream = await nats.connect(args.stream_url, name="bench-fast-stream", pending_size=8 * 1024 * 1024)
+    # subjects come from output_subject, which already refuses unsafe ones: skip the regex check
+    stream = await nats.connect(
+        args.stream_url, name="bench-fast-stream", pending_size=8 * 1024 * 1024, skip_subject_validation=True
+    )
     publisher = AckedPublisher(stream, args.max_in_flight)
     await publisher.start()
 
