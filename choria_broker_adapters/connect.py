@@ -1,0 +1,458 @@
+"""NATS connection options from settings: servers, TLS, credentials, reconnect and events.
+
+Settings are duck-typed (the fields of `settings.Settings`), so this module does not import
+the configuration layer. Credentials never reach a log line: URLs are redacted, and error
+descriptions are scrubbed of the configured password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import os
+import random
+import ssl
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import nats.errors
+from nats.aio.client import Client, Server
+
+# Events passed to `on_event(event, detail)`; `detail` never holds credentials.
+EVENT_ERROR = "error"
+EVENT_SLOW_CONSUMER = "slow_consumer"
+EVENT_DISCONNECTED = "disconnected"
+EVENT_RECONNECTED = "reconnected"
+EVENT_CLOSED = "closed"
+
+URL_SCHEMES = ("nats", "tls", "ws", "wss")
+DEFAULT_PORT_HINT = 4222
+# Outgoing buffer the client flushes at: room for several publishers' windows of 1 KiB messages.
+PENDING_SIZE = 16 * 1024 * 1024
+RECONNECT_WAIT_INITIAL = 0.25
+RECONNECT_WAIT_MAX = 5.0
+
+OnEvent = Callable[[str, str], None]
+
+
+class ConnectConfigError(ValueError):
+    """The settings cannot produce a usable connection (missing TLS file, missing nkeys, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# servers
+
+
+def server_urls(servers: Iterable[str]) -> list[str]:
+    """Normalise `host:port`, `[v6]:port` and nats:// / tls:// URLs into URLs nats-py accepts."""
+    urls: list[str] = []
+    for raw in servers:
+        server = raw.strip()
+        if not server:
+            raise ValueError("empty server address in the server list")
+        if "://" in server:
+            scheme = server.split("://", 1)[0].lower()
+            if scheme not in URL_SCHEMES:
+                raise ValueError(
+                    f"server {redact_url(server)!r} has scheme {scheme!r}; use one of "
+                    + ", ".join(f"{name}://" for name in URL_SCHEMES)
+                    + " or plain host:port"
+                )
+            _port_of(server, urlsplit(server).netloc.rpartition("@")[2], require=False)
+            urls.append(server)
+            continue
+        _port_of(server, server, require=True)
+        urls.append(f"nats://{server}")
+    return urls
+
+
+def _port_of(original: str, hostport: str, *, require: bool) -> int | None:
+    if hostport.startswith("["):
+        host, bracket, rest = hostport[1:].partition("]")
+        if not bracket or not host:
+            raise ValueError(f"server {redact_url(original)!r}: unterminated IPv6 address, write [addr]:port")
+        if not rest:
+            port_text = None
+        elif rest.startswith(":"):
+            port_text = rest[1:]
+        else:
+            raise ValueError(f"server {redact_url(original)!r}: expected :port after the IPv6 address")
+    else:
+        if hostport.count(":") > 1:
+            raise ValueError(
+                f"server {redact_url(original)!r}: IPv6 addresses need brackets, "
+                f"e.g. [::1]:{DEFAULT_PORT_HINT}"
+            )
+        host, colon, port_text = hostport.partition(":")
+        if not host:
+            raise ValueError(f"server {redact_url(original)!r} has no host name")
+        if not colon:
+            port_text = None
+    if port_text is None:
+        if require:
+            raise ValueError(
+                f"server {original!r} has no port: write host:port, e.g. {original}:{DEFAULT_PORT_HINT}"
+            )
+        return None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"server {redact_url(original)!r}: port {port_text!r} is not a number in 1-65535")
+    return int(port_text)
+
+
+def redact_url(url: str) -> str:
+    """`nats://user:secret@host:4222` -> `nats://user:***@host:4222`; other text unchanged."""
+    if "@" not in url or "://" not in url:
+        return url
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    certificate: str
+    key: str
+    ca: str
+    source: str  # the setting the paths come from, for error messages
+
+
+def tls_files(settings: Any) -> TLSFiles:
+    """Certificate, key and CA paths for the security provider (`puppet` ssldir layout or `file`)."""
+    provider = getattr(settings, "security_provider", "puppet")
+    if provider == "file":
+        missing = [
+            f"plugin.security.file.{role}"
+            for role, value in (
+                ("certificate", settings.file_certificate),
+                ("key", settings.file_key),
+                ("ca", settings.file_ca),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConnectConfigError(
+                f"the file security provider needs {', '.join(missing)} for TLS (or run with --disable-tls)"
+            )
+        return TLSFiles(
+            settings.file_certificate, settings.file_key, settings.file_ca, "plugin.security.file.*"
+        )
+    if provider == "puppet":
+        if not settings.ssldir:
+            raise ConnectConfigError("the puppet security provider needs plugin.choria.ssldir for TLS")
+        ssldir = Path(settings.ssldir)
+        certname = getattr(settings, "certname", "") or settings.identity
+        return TLSFiles(
+            str(ssldir / "certs" / f"{certname}.pem"),
+            str(ssldir / "private_keys" / f"{certname}.pem"),
+            str(ssldir / "certs" / "ca.pem"),
+            f"plugin.choria.ssldir {ssldir} for identity {certname}",
+        )
+    raise ConnectConfigError(
+        f"security provider {provider!r} has no TLS file layout here; use puppet or file (or --disable-tls)"
+    )
+
+
+def tls_context(settings: Any, *, disable_tls: bool) -> ssl.SSLContext | None:
+    """Mutual-TLS client context: TLS 1.2+, our certificate, and the configured CA as the only trust root."""
+    if disable_tls:
+        return None
+    files = tls_files(settings)
+    for role, path in (("certificate", files.certificate), ("key", files.key), ("CA", files.ca)):
+        if not os.path.isfile(path):
+            raise ConnectConfigError(f"TLS {role} file {path} does not exist (from {files.source})")
+        if not os.access(path, os.R_OK):
+            raise ConnectConfigError(f"TLS {role} file {path} is not readable (from {files.source})")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its host name
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_verify_locations(cafile=files.ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConnectConfigError(f"cannot load TLS CA {files.ca}: {exc}") from exc
+    try:
+        context.load_cert_chain(certfile=files.certificate, keyfile=files.key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConnectConfigError(
+            f"cannot load TLS certificate {files.certificate} with key {files.key}: {exc}"
+        ) from exc
+    return context
+
+
+# ---------------------------------------------------------------------------------------------
+# connect() options
+
+
+def connect_options(
+    settings: Any,
+    *,
+    servers: list[str],
+    name: str,
+    disable_tls: bool,
+    on_event: OnEvent | None,
+) -> dict[str, Any]:
+    """Keyword arguments for `nats.aio.client.Client.connect` (reconnect forever once connected)."""
+    options: dict[str, Any] = {
+        "servers": server_urls(servers),
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": RECONNECT_WAIT_INITIAL,
+        # Picks the next server and a jittered, growing delay so that many clients cut off
+        # together (a server restart) do not reconnect in lockstep.
+        "reconnect_to_server_handler": jittered_reconnect,
+        "connect_timeout": float(getattr(settings, "connect_timeout", 2.0) or 2.0),
+        "pending_size": PENDING_SIZE,
+    }
+    context = tls_context(settings, disable_tls=disable_tls)
+    if context is not None:
+        options["tls"] = context
+    secrets: list[str] = []
+    if getattr(settings, "nats_user", None):
+        options["user"] = settings.nats_user
+    if getattr(settings, "nats_password", None):
+        options["password"] = settings.nats_password
+        secrets.append(settings.nats_password)
+    credentials = getattr(settings, "nats_credentials", None)
+    if credentials:
+        if not os.path.isfile(credentials):
+            raise ConnectConfigError(
+                f"NATS credentials file {credentials} does not exist (plugin.nats.credentials)"
+            )
+        if importlib.util.find_spec("nkeys") is None:
+            raise ConnectConfigError(
+                "plugin.nats.credentials needs the nkeys package: pip install 'nats-py[nkeys]'"
+            )
+        options["user_credentials"] = credentials
+    options.update(event_callbacks(on_event, secrets))
+    return options
+
+
+def jittered_reconnect(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+    """nats-py reconnect handler: the least-failed server, after a capped exponential jittered delay."""
+    if not servers:
+        return None, RECONNECT_WAIT_INITIAL
+    server = min(servers, key=lambda candidate: candidate.reconnects)
+    if server.reconnects == 0:
+        return server, random.uniform(0, RECONNECT_WAIT_INITIAL)
+    ceiling = min(RECONNECT_WAIT_MAX, RECONNECT_WAIT_INITIAL * 2 ** min(server.reconnects - 1, 16))
+    return server, ceiling * random.uniform(0.5, 1.0)
+
+
+def event_callbacks(on_event: OnEvent | None, secrets: Iterable[str] = ()) -> dict[str, Any]:
+    """nats-py's async callbacks, each reduced to `on_event(event, detail)`."""
+    secret_values = [secret for secret in secrets if secret]
+
+    def emit(event: str, detail: str) -> None:
+        if on_event is not None:
+            on_event(event, scrub(detail, secret_values))
+
+    async def error_cb(exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            emit(EVENT_SLOW_CONSUMER, f"slow consumer on {exc.subject}: messages dropped by the client")
+        else:
+            emit(EVENT_ERROR, describe_connect_error(exc))
+
+    async def disconnected_cb() -> None:
+        emit(EVENT_DISCONNECTED, "disconnected")
+
+    async def reconnected_cb() -> None:
+        emit(EVENT_RECONNECTED, "reconnected")
+
+    async def closed_cb() -> None:
+        emit(EVENT_CLOSED, "connection closed")
+
+    return {
+        "error_cb": error_cb,
+        "disconnected_cb": disconnected_cb,
+        "reconnected_cb": reconnected_cb,
+        "closed_cb": closed_cb,
+    }
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """One operator-readable sentence for a connection failure; pure, tested with a table."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS certificate verification failed ({getattr(exc, 'verify_message', None) or exc}): "
+            "the server's certificate is not signed by the configured CA or does not name the server address"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower():
+        return "authorization violation: the server rejected the NATS user/password or credentials"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is nats-server running and listening on that address?)"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError | nats.errors.TimeoutError):
+        return "timed out"
+    if isinstance(exc, nats.errors.NoServersError):
+        return "no server could be reached"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def describe_servers(options: Mapping[str, Any]) -> str:
+    servers = options.get("servers", [])
+    if isinstance(servers, str):
+        servers = [servers]
+    return ", ".join(redact_url(server) for server in servers)
+
+
+# ---------------------------------------------------------------------------------------------
+# initial connection
+
+
+async def connect_with_backoff(
+    options: dict[str, Any],
+    *,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+    initial: float = 0.2,
+    maximum: float = 10.0,
+    stop_event: asyncio.Event | None = None,
+) -> Client | None:
+    """Connect, retrying the first connection forever with capped exponential backoff and jitter.
+
+    nats-py would retry an unreachable first server silently inside `connect()`; here each
+    round tries every server (twice, nats-py's minimum) and logs one line per failed round.
+    Once connected, the client's own reconnect settings from `options` apply. Returns None
+    when `stop_event` is set before a connection is made.
+    """
+    secrets = [options["password"]] if options.get("password") else []
+    round_number = 0
+    while stop_event is None or not stop_event.is_set():
+        round_number += 1
+        client = Client()
+        gate = _FirstConnectionGate(options)
+        attempt_options = {
+            **options,
+            **gate.callbacks(),
+            # max 1 makes nats-py give up after two quick tries per server instead of forever.
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0,
+        }
+        # nats-py 2.16 can hang inside connect() after a failed TLS handshake (closing the
+        # half-upgraded transport never completes), so each round has a deadline, and a
+        # stop request ends the wait at once.
+        servers = options.get("servers") or [""]
+        deadline = float(options.get("connect_timeout", 2.0)) * 2 * len(servers) + 2.0
+        try:
+            connected = await _first_of(
+                client.connect(**attempt_options), deadline, stop_event, gate.tls_failed
+            )
+        except asyncio.CancelledError:
+            await _quietly_close(client)
+            raise
+        except Exception as exc:
+            gate.failures.append(exc)
+            connected = False
+        if not connected:
+            await _quietly_close(client)
+            if stop_event is not None and stop_event.is_set():
+                return None
+            if not gate.failures:
+                gate.failures.append(TimeoutError())
+        else:
+            gate.established = True
+            client.options["max_reconnect_attempts"] = options.get("max_reconnect_attempts", -1)
+            client.options["reconnect_time_wait"] = options.get("reconnect_time_wait", RECONNECT_WAIT_INITIAL)
+            if round_number > 1:
+                log.info("connected to %s after %d attempts", describe_servers(options), round_number)
+            return client
+        failures = gate.failures
+        cause = next((failure for failure in reversed(failures) if not _is_generic(failure)), failures[-1])
+        delay = min(maximum, initial * 2 ** min(round_number - 1, 32)) * random.uniform(0.5, 1.0)
+        log.warning(
+            "cannot connect to %s: %s; retrying in %.1fs (attempt %d)",
+            describe_servers(options),
+            scrub(describe_connect_error(cause), secrets),
+            delay,
+            round_number,
+        )
+        if stop_event is None:
+            await asyncio.sleep(delay)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_event.wait(), delay)
+    return None
+
+
+class _FirstConnectionGate:
+    """Holds back the caller's callbacks until the first connection is made.
+
+    A failed first attempt fires error, disconnected and closed callbacks from nats-py;
+    those failures are collected and logged once per round instead.
+    """
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.established = False
+        self.failures: list[BaseException] = []
+        # Set on a TLS failure: nats-py may then never return from connect(), so the round ends.
+        self.tls_failed = asyncio.Event()
+        self._forward = {name: options.get(name) for name in ("error_cb", "disconnected_cb", "closed_cb")}
+
+    def callbacks(self) -> dict[str, Any]:
+        async def error_cb(exc: Exception) -> None:
+            if not self.established:
+                self.failures.append(exc)
+                if isinstance(exc, ssl.SSLError):
+                    self.tls_failed.set()
+            elif self._forward["error_cb"] is not None:
+                await self._forward["error_cb"](exc)
+
+        async def disconnected_cb() -> None:
+            if self.established and self._forward["disconnected_cb"] is not None:
+                await self._forward["disconnected_cb"]()
+
+        async def closed_cb() -> None:
+            if self.established and self._forward["closed_cb"] is not None:
+                await self._forward["closed_cb"]()
+
+        return {"error_cb": error_cb, "disconnected_cb": disconnected_cb, "closed_cb": closed_cb}
+
+
+async def _first_of(
+    connecting: Coroutine[Any, Any, None], deadline: float, *give_up: asyncio.Event | None
+) -> bool:
+    """Run `connecting`: True when it finished, False on deadline or a give-up event."""
+    connect_task = asyncio.ensure_future(connecting)
+    event_tasks = [asyncio.ensure_future(event.wait()) for event in give_up if event is not None]
+    try:
+        await asyncio.wait(
+            [connect_task, *event_tasks], timeout=deadline, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for task in event_tasks:
+            task.cancel()
+    if connect_task.done():
+        connect_task.result()  # raises the connection error, if any
+        return True
+    connect_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await connect_task
+    return False
+
+
+def _is_generic(exc: BaseException) -> bool:
+    """Errors that only say 'it failed', hiding the cause reported just before them."""
+    return isinstance(exc, nats.errors.NoServersError)
+
+
+async def _quietly_close(client: Client) -> None:
+    # A half-open client may fail to close; there is nothing more to do about it.
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.close(), 2.0)
