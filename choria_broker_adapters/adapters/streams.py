@@ -36,7 +36,7 @@ from choria_broker_adapters.logs import RateLimitedWarning, adapter_logger
 from choria_broker_adapters.output import OutputError, encode_output, message_id, output_subject
 from choria_broker_adapters.protocol import DecodeError, Envelope, decode
 from choria_broker_adapters.settings import AdapterSettings, Settings
-from choria_broker_adapters.stats import DROP_REASONS, Metrics, WorkerMetrics
+from choria_broker_adapters.stats import Metrics, WorkerMetrics
 
 # Per ingest subscription: generous so bursts queue in the client rather than being cut as
 # slow-consumer drops (nats-py's defaults cost a quarter of an unpaced 200k burst here).
@@ -136,11 +136,8 @@ class StreamsAdapter:
         self._stopping = asyncio.Event()
         self._ingest_stopped = False
         self._decode_request = adapter.ingest_protocol == "request"
-        self._counts = {"received": 0, "stored": 0, "duplicates": 0, "retries": 0}
-        self._drops = {reason: metrics.drop_counter(self.name, reason) for reason in DROP_REASONS}
-        self._drop_counts = dict.fromkeys(self._drops, 0)
-        self._retries = metrics.retries.labels(self.name, metrics.identity)
-        self._duplicates = metrics.duplicates.labels(self.name, metrics.identity)
+        self._counts = {"received": 0, "stored": 0}
+        self._adapter_counts = metrics.adapter(self.name)
         metrics.queue_capacity.labels(self.name, metrics.identity).set(adapter.queue_len)
         metrics.queue_length.labels(self.name, metrics.identity).set_function(lambda: len(self.queue))
         metrics.in_flight.labels(self.name, metrics.identity).set_function(self._in_flight)
@@ -232,8 +229,8 @@ class StreamsAdapter:
             self.name,
             self._counts["received"],
             self._counts["stored"],
-            self._counts["duplicates"],
-            {reason: count for reason, count in self._drop_counts.items() if count} or "none",
+            self._adapter_counts.duplicates,
+            {reason: count for reason, count in self._adapter_counts.dropped.items() if count} or "none",
         )
 
     async def _stop_ingest(self, deadline: float) -> None:
@@ -269,15 +266,19 @@ class StreamsAdapter:
             stream_connected=sum(1 for w in self._stream if w.nc and w.nc.is_connected),
             queued=len(self.queue),
             in_flight=self._in_flight(),
-            counts={**self._counts, **{f"dropped_{k}": v for k, v in self._drop_counts.items()}},
+            counts={
+                **self._counts,
+                "duplicates": self._adapter_counts.duplicates,
+                "retries": self._adapter_counts.retries,
+                **{f"dropped_{reason}": count for reason, count in self._adapter_counts.dropped.items()},
+            },
         )
 
     def _in_flight(self) -> int:
         return sum(w.publisher.in_flight for w in self._stream if w.publisher)
 
     def _drop(self, reason: str, count: int = 1) -> None:
-        self._drops[reason].inc(count)
-        self._drop_counts[reason] += count
+        self._adapter_counts.dropped[reason] += count
 
     # -- connections ------------------------------------------------------------------------
 
@@ -297,6 +298,9 @@ class StreamsAdapter:
             # `run` refuses such settings before starting; this guards other callers (the demo).
             log.error("Cannot connect, this worker stays idle: %s", error)
             return None
+        if side == "stream":
+            # output_subject already refuses unsafe subjects, so nats-py's per-publish regex is redundant.
+            options["skip_subject_validation"] = True
         return await connect_with_backoff(options, log=log, stop_event=self._stopping)
 
     def _connection_event(self, side: str, index: int) -> Callable[[str, Any], None]:
@@ -352,11 +356,11 @@ class StreamsAdapter:
         async def handle(msg: Msg) -> None:
             started = perf_counter()
             data = msg.data
-            metrics.bytes.inc(len(data))
+            metrics.bytes += len(data)
             try:
                 envelope = decode(data, protocol=protocol, security_provider=provider)
             except DecodeError as error:
-                metrics.errors.inc()
+                metrics.errors += 1
                 self._drop("decode")
                 warn(
                     f"decode:{error.reason}",
@@ -365,17 +369,17 @@ class StreamsAdapter:
                 )
             else:
                 if queue.offer(envelope):
-                    metrics.received.inc()
+                    metrics.received += 1
                     counts["received"] += 1
                 else:
-                    metrics.errors.inc()
+                    metrics.errors += 1
                     self._drop("queue_full")
                     warn(
                         "queue_full",
                         f"Work queue is full ({queue.capacity} messages), discarding message",
                         {"reason": "queue_full"},
                     )
-            metrics.time.observe(perf_counter() - started)
+            metrics.observe(perf_counter() - started)
 
         return handle
 
@@ -431,7 +435,7 @@ class StreamsAdapter:
             try:
                 subject = output_subject(topic, envelope.sender)
             except OutputError as error:
-                metrics.errors.inc()
+                metrics.errors += 1
                 self._drop("subject")
                 warn(
                     f"subject:{error.reason}",
@@ -442,7 +446,7 @@ class StreamsAdapter:
             try:
                 body = encode_output(envelope, adapter_type=adapter_type)
             except OutputError as error:
-                metrics.errors.inc()
+                metrics.errors += 1
                 self._drop("encode")
                 warn(
                     f"encode:{error.reason}",
@@ -450,21 +454,21 @@ class StreamsAdapter:
                     {"subject": subject, "reason": error.reason},
                 )
                 continue
-            metrics.bytes.inc(len(body))
+            metrics.bytes += len(body)
             await publisher.publish(subject, body, message_id(envelope))
-            metrics.time.observe(perf_counter() - started)
+            metrics.observe(perf_counter() - started)
 
     def _result_handler(self, worker: _StreamWorker) -> Callable[[PublishResult], None]:
         metrics = worker.metrics
         counts = self._counts
+        adapter_counts = self._adapter_counts
         warn = self._warn_output.warn
 
         def on_result(result: PublishResult) -> None:
             if result.attempts > 1:
-                self._retries.inc(result.attempts - 1)
-                counts["retries"] += result.attempts - 1
+                adapter_counts.retries += result.attempts - 1
             if result.outcome is PublishOutcome.DROPPED:
-                metrics.errors.inc()
+                metrics.errors += 1
                 self._drop("publish")
                 warn(
                     f"publish:{result.reason}",
@@ -474,11 +478,10 @@ class StreamsAdapter:
                 )
                 return
             if result.outcome is PublishOutcome.DUPLICATE:
-                self._duplicates.inc()
-                counts["duplicates"] += 1
+                adapter_counts.duplicates += 1
             counts["stored"] += 1
-            metrics.received.inc()
-            metrics.published.inc()
+            metrics.received += 1
+            metrics.published += 1
 
         return on_result
 
