@@ -18,7 +18,7 @@ from typing import Any
 
 from choria_broker_adapters import jsonfast
 from choria_broker_adapters.jsonfast import JSONInvalid, NeedPrecise
-from choria_broker_adapters.protocol import v1, v2
+from choria_broker_adapters.protocol import fastpath, v1, v2
 from choria_broker_adapters.protocol.gotypes import go_bytes, go_object, struct_fields
 from choria_broker_adapters.protocol.model import (
     V1_SECURE_REPLY,
@@ -40,6 +40,10 @@ ED25519_PROVIDERS = frozenset({"choria"})
 
 _TRANSPORT_FIELDS = frozenset({"protocol", "data", "headers"})
 _PROTOCOL_FIELD = frozenset({"protocol"})
+
+# The shortcut for well-formed v1 messages (see fastpath); False runs every message through the
+# general path, which is how the shortcut is checked against it.
+USE_FAST_PATH = True
 
 
 def protocol_version_for(security_provider: str) -> int:
@@ -80,6 +84,11 @@ def _decode(payload: bytes, request_mode: bool, accepted_version: int, load: Any
         raise DecodeError("transport: not JSON, so not a Choria transport message") from None
     if not isinstance(transport, dict):
         raise DecodeError("transport: not a JSON object, so not a Choria transport message")
+    if accepted_version == 1 and USE_FAST_PATH:
+        shortcut = fastpath.v1_request if request_mode else fastpath.v1_reply
+        envelope = shortcut(transport, load)
+        if envelope is not None:
+            return envelope
     fields = struct_fields(transport, _TRANSPORT_FIELDS)
     protocol = fields.get("protocol")
     if protocol == V1_TRANSPORT:
