@@ -244,7 +244,7 @@ async def test_wrong_ca_fails_with_a_clear_error(
     try:
 
         async def complained() -> bool:
-            return "certificate verify failed" in runtime.log_text()
+            return "TLS certificate verification failed" in runtime.log_text()
 
         await wait_until(complained, 30, "a TLS verification error in the log")
         assert runtime.process.poll() is None, "a connection failure must not stop the process"
