@@ -44,6 +44,13 @@ _PROTOCOL_FIELD = frozenset({"protocol"})
 # The shortcut for well-formed v1 messages (see fastpath); False runs every message through the
 # general path, which is how the shortcut is checked against it.
 USE_FAST_PATH = True
+# (request mode, accepted protocol version) -> its fast path
+_SHORTCUTS = {
+    (True, 1): fastpath.v1_request,
+    (False, 1): fastpath.v1_reply,
+    (True, 2): fastpath.v2_request,
+    (False, 2): fastpath.v2_reply,
+}
 
 
 def protocol_version_for(security_provider: str) -> int:
@@ -84,9 +91,8 @@ def _decode(payload: bytes, request_mode: bool, accepted_version: int, load: Any
         raise DecodeError("transport: not JSON, so not a Choria transport message") from None
     if not isinstance(transport, dict):
         raise DecodeError("transport: not a JSON object, so not a Choria transport message")
-    if accepted_version == 1 and USE_FAST_PATH:
-        shortcut = fastpath.v1_request if request_mode else fastpath.v1_reply
-        envelope = shortcut(transport, load)
+    if USE_FAST_PATH:
+        envelope = _SHORTCUTS[request_mode, accepted_version](transport, load)
         if envelope is not None:
             return envelope
     fields = struct_fields(transport, _TRANSPORT_FIELDS)

@@ -1,4 +1,4 @@
-"""A shortcut for the common, well-formed protocol v1 message (decode's hot path).
+"""A shortcut for the common, well-formed Choria message (decode's hot path).
 
 Almost every message an adapter sees was written by a Choria client or server: every layer
 has exactly the lower-case keys, every value has the expected type, the filter is empty. For
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from choria_broker_adapters.jsonfast import JSONInvalid
-from choria_broker_adapters.protocol import v1
+from choria_broker_adapters.protocol import v1, v2
 from choria_broker_adapters.protocol.filter import check_filter_schema, decode_filter, is_empty_filter
 from choria_broker_adapters.protocol.gotypes import INT64_MAX, INT64_MIN
 from choria_broker_adapters.protocol.model import (
@@ -29,12 +29,17 @@ from choria_broker_adapters.protocol.model import (
     V1_SECURE_REPLY,
     V1_SECURE_REQUEST,
     V1_TRANSPORT,
+    V2_REQUEST,
+    V2_SECURE_REPLY,
+    V2_SECURE_REQUEST,
+    V2_TRANSPORT,
     DecodeError,
     Envelope,
 )
 
 # load(data, strict_numbers) -> parsed JSON, raising JSONInvalid or NeedPrecise.
 Loader = Callable[[bytes | str, bool], Any]
+HeadersCheck = Callable[[Any], bool]
 
 _TRANSPORT_FIELDS = frozenset({"protocol", "data", "headers"})
 # A Go string field takes a string or null (type() of a parsed JSON value, so no subclasses).
@@ -56,14 +61,8 @@ def _plain_v1_headers(headers: Any) -> bool:
         return False
     if type(headers.get("mc_sender")) not in _OPTIONAL_STRING:
         return False
-    seen_by = headers.get("seen-by")
-    if seen_by is not None:
-        if type(seen_by) is not list:
-            return False
-        for hop in seen_by:
-            # Go decodes [][3]string: extra elements are skipped unchecked.
-            if type(hop) is not list or any(type(element) not in _OPTIONAL_STRING for element in hop[:3]):
-                return False
+    if not _plain_string_triples(headers.get("seen-by")):
+        return False
     federation = headers.get("federation")
     if federation is not None:
         if not isinstance(federation, dict) or not federation.keys() <= v1.FEDERATION_FIELDS:
@@ -72,34 +71,89 @@ def _plain_v1_headers(headers: Any) -> bool:
             return False
         if type(federation.get("reply-to")) not in _OPTIONAL_STRING:
             return False
-        targets = federation.get("target")
-        if targets is not None and (
-            type(targets) is not list or any(type(target) not in _OPTIONAL_STRING for target in targets)
-        ):
+        if not _plain_string_list(federation.get("target")):
             return False
     return True
 
 
-def _v1_transport_data(transport: dict[str, Any]) -> bytes | None:
-    """The secure layer's bytes of a plain v1 transport, or None if anything is unusual."""
-    if not transport.keys() <= _TRANSPORT_FIELDS or transport.get("protocol") != V1_TRANSPORT:
-        return None
-    # A null `headers` decodes but crashes Go later: the general path discards it.
-    if "headers" in transport and not _plain_v1_headers(transport["headers"]):
-        return None
-    data = transport.get("data")
-    if type(data) is not str or not data:
-        return None
+def _plain_v2_headers(headers: Any) -> bool:
+    """v2.check_headers would accept these headers, and they have only exact field names."""
+    if not isinstance(headers, dict) or not headers.keys() <= v2.HEADER_FIELDS:
+        return False
+    if type(headers.get("reply")) not in _OPTIONAL_STRING:
+        return False
+    if type(headers.get("sender")) not in _OPTIONAL_STRING:
+        return False
+    if not _plain_string_triples(headers.get("trace")):
+        return False
+    federation = headers.get("federation")
+    if federation is not None:
+        if not isinstance(federation, dict) or not federation.keys() <= v2.FEDERATION_FIELDS:
+            return False
+        if type(federation.get("request")) not in _OPTIONAL_STRING:
+            return False
+        if type(federation.get("reply")) not in _OPTIONAL_STRING:
+            return False
+        if not _plain_string_list(federation.get("targets")):
+            return False
+    return True
+
+
+def _plain_string_triples(value: Any) -> bool:
+    """Go's [][3]string accepts this value (null, or arrays of strings/nulls)."""
+    if value is None:
+        return True
+    if type(value) is not list:
+        return False
+    for triple in value:
+        if type(triple) is not list:
+            return False
+        # Elements past the third are skipped unchecked by Go.
+        for element in triple[:3]:
+            if type(element) not in _OPTIONAL_STRING:
+                return False
+    return True
+
+
+def _plain_string_list(value: Any) -> bool:
+    """Go's []string accepts this value (null, or an array of strings/nulls)."""
+    if value is None:
+        return True
+    if type(value) is not list:
+        return False
+    return all(type(element) in _OPTIONAL_STRING for element in value)
+
+
+def _plain_base64(value: Any) -> bytes | None:
+    """A []byte field's bytes, or None where the general path must decide (including CR/LF,
+    which Go skips but strict mode refuses)."""
+    if type(value) is not str:
+        return b"" if value is None else None
+    if not value:
+        return b""
     try:
-        # Strict mode refuses CR/LF, which Go skips: such data takes the general path.
-        return binascii.a2b_base64(data, strict_mode=True)
+        return binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         return None
 
 
+def _transport_data(transport: dict[str, Any], protocol: str, plain_headers: HeadersCheck) -> bytes | None:
+    """The secure layer's bytes of a plain transport, or None if anything is unusual."""
+    if not transport.keys() <= _TRANSPORT_FIELDS or transport.get("protocol") != protocol:
+        return None
+    # A null `headers` decodes but crashes Go later: the general path discards it.
+    if "headers" in transport and not plain_headers(transport["headers"]):
+        return None
+    data = transport.get("data")
+    # Empty data is not JSON: the general path words that.
+    if type(data) is not str or not data:
+        return None
+    return _plain_base64(data)
+
+
 def v1_request(transport: dict[str, Any], load: Loader) -> Envelope | None:
     """decode() of a parsed v1 transport in request mode, or None: use the general path."""
-    data = _v1_transport_data(transport)
+    data = _transport_data(transport, V1_TRANSPORT, _plain_v1_headers)
     if data is None:
         return None
 
@@ -169,7 +223,7 @@ def v1_request(transport: dict[str, Any], load: Loader) -> Envelope | None:
 
 def v1_reply(transport: dict[str, Any], load: Loader) -> Envelope | None:
     """decode() of a parsed v1 transport in reply mode, or None: use the general path."""
-    data = _v1_transport_data(transport)
+    data = _transport_data(transport, V1_TRANSPORT, _plain_v1_headers)
     if data is None:
         return None
 
@@ -212,3 +266,138 @@ def v1_reply(transport: dict[str, Any], load: Loader) -> Envelope | None:
     ):
         return None
     return Envelope(message.encode("utf-8"), sender, seconds * NANOS, request_id)
+
+
+_V2_SECURE_REQUEST_REQUIRED = frozenset({"protocol", "request", "signature", "caller"})
+_V2_REQUEST_REQUIRED = v2.REQUEST_FIELDS - {"filter"}
+
+
+def v2_request(transport: dict[str, Any], load: Loader) -> Envelope | None:
+    """decode() of a parsed v2 transport in request mode, or None: use the general path."""
+    data = _transport_data(transport, V2_TRANSPORT, _plain_v2_headers)
+    if data is None:
+        return None
+
+    try:
+        secure = load(data, True)
+    except JSONInvalid:
+        return None
+    if not isinstance(secure, dict):
+        return None
+    keys = secure.keys()
+    # Schema-required fields present, and no key other than Go's exact field names.
+    if not (keys >= _V2_SECURE_REQUEST_REQUIRED and keys <= v2.SECURE_REQUEST_FIELDS):
+        return None
+    if secure["protocol"] != V2_SECURE_REQUEST:
+        return None
+    encoded = secure["request"]
+    signature = secure["signature"]
+    caller = secure["caller"]
+    if not (type(encoded) is str and encoded and type(signature) is str and signature):
+        return None
+    if type(caller) is not str or not caller or type(secure.get("signer", "")) is not str:
+        return None
+    inner = _plain_base64(encoded)
+    if inner is None or _plain_base64(signature) is None:
+        return None
+
+    try:
+        request = load(inner, True)
+    except JSONInvalid:
+        return None
+    if not isinstance(request, dict):
+        return None
+    keys = request.keys()
+    if not (keys == v2.REQUEST_FIELDS or keys == _V2_REQUEST_REQUIRED):
+        return None
+    if request["protocol"] != V2_REQUEST:
+        return None
+    encoded_message = request["message"]
+    request_id = request["id"]
+    sender = request["sender"]
+    caller = request["caller"]
+    collective = request["collective"]
+    agent = request["agent"]
+    ttl = request["ttl"]
+    nanoseconds = request["time"]
+    if not (
+        type(encoded_message) is str
+        and encoded_message
+        and type(request_id) is str
+        and request_id
+        and type(sender) is str
+        and sender
+        and type(caller) is str
+        and caller
+        and type(collective) is str
+        and collective
+        and type(agent) is str
+        and agent
+        and type(ttl) is int
+        and 1 <= ttl <= INT64_MAX
+        # The schema allows up to 2**64-1, Go's int64 field only up to INT64_MAX.
+        and type(nanoseconds) is int
+        and 1 <= nanoseconds <= INT64_MAX
+    ):
+        return None
+    filter_value = request.get("filter")
+    if filter_value is not None and not is_empty_filter(filter_value):
+        try:
+            check_filter_schema(filter_value, "request: filter")
+            decode_filter(filter_value, "request: filter")
+        except DecodeError:
+            return None  # the general path words the error
+    elif filter_value is None and "filter" in request:
+        return None  # null is not an object: the schema check words it
+    message = _plain_base64(encoded_message)
+    if message is None:
+        return None
+    return Envelope(message, sender, nanoseconds, request_id)
+
+
+def v2_reply(transport: dict[str, Any], load: Loader) -> Envelope | None:
+    """decode() of a parsed v2 transport in reply mode, or None: use the general path."""
+    data = _transport_data(transport, V2_TRANSPORT, _plain_v2_headers)
+    if data is None:
+        return None
+
+    try:
+        secure = load(data, False)
+    except JSONInvalid:
+        return None
+    if not isinstance(secure, dict) or not secure.keys() <= v2.SECURE_REPLY_FIELDS:
+        return None
+    # An absent protocol leaves Go's default; the reply inside must be v2 too.
+    if secure.get("protocol", V2_SECURE_REPLY) != V2_SECURE_REPLY:
+        return None
+    encoded = secure.get("reply")
+    if type(encoded) is not str or not encoded:
+        return None
+    if type(secure.get("hash")) not in _OPTIONAL_STRING or type(secure.get("sender")) not in _OPTIONAL_STRING:
+        return None
+    inner = _plain_base64(encoded)
+    if inner is None or _plain_base64(secure.get("signature")) is None:
+        return None
+
+    try:
+        reply = load(inner, False)
+    except JSONInvalid:
+        return None
+    if not isinstance(reply, dict) or not reply.keys() <= v2.REPLY_FIELDS:
+        return None
+    request_id = reply.get("request")
+    sender = reply.get("sender")
+    nanoseconds = reply.get("time")
+    if not (
+        type(request_id) is str
+        and type(sender) is str
+        and type(reply.get("protocol")) in _OPTIONAL_STRING
+        and type(reply.get("agent")) in _OPTIONAL_STRING
+        and type(nanoseconds) is int
+        and INT64_MIN <= nanoseconds <= INT64_MAX
+    ):
+        return None
+    message = _plain_base64(reply.get("message"))
+    if message is None:
+        return None
+    return Envelope(message, sender, nanoseconds, request_id)
