@@ -19,8 +19,12 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from choria_broker_adapters import __version__
+
+if TYPE_CHECKING:
+    from choria_broker_adapters.settings import Settings
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -38,6 +42,17 @@ typical use:
 
 exit status: 0 success, 1 failure, 2 usage error, 78 configuration error
 """
+
+
+def load_settings_or_report(config: str) -> Settings | None:
+    """The validated settings, or None after printing every configuration error to stderr."""
+    from choria_broker_adapters.settings import ConfigError, load_settings
+
+    try:
+        return load_settings(config)
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        return None
 
 
 def _command_modules() -> list[ModuleType]:

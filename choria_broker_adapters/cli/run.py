@@ -8,8 +8,8 @@ import logging
 import sys
 
 from choria_broker_adapters import logs
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_OK
-from choria_broker_adapters.settings import ConfigError, Settings, load_settings, tls_problems
+from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_OK, load_settings_or_report
+from choria_broker_adapters.settings import Settings, tls_problems
 
 NAME = "run"
 HELP = "run every configured adapter (the main job)"
@@ -43,10 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as error:
-        print(str(error), file=sys.stderr)
+    settings = load_settings_or_report(args.config)
+    if settings is None:
         return EXIT_CONFIG
     problems = [] if args.disable_tls else tls_problems(settings)
     if problems:

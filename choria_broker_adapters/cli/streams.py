@@ -15,7 +15,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_settings_or_report
 from choria_broker_adapters.provision import (
     StreamPlan,
     SubjectDerivationError,
@@ -23,7 +23,7 @@ from choria_broker_adapters.provision import (
     plan_streams,
     uncaptured_subjects,
 )
-from choria_broker_adapters.settings import AdapterSettings, ConfigError, Settings, load_settings
+from choria_broker_adapters.settings import AdapterSettings, Settings
 from choria_broker_adapters.streams_admin import (
     JetStreamAdminError,
     SetupOutcome,
@@ -87,10 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as error:
-        print(str(error), file=sys.stderr)
+    settings = load_settings_or_report(args.config)
+    if settings is None:
         return EXIT_CONFIG
     if not settings.adapters:
         print(f"{settings.config_file}: no adapters configured (plugin.choria.adapters)", file=sys.stderr)
