@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
 import pytest
 
 from choria_broker_adapters.fleet import REGISTRATION_SUBJECT, fleet
-from choria_broker_adapters.natsserver import NatsServer
+from choria_broker_adapters.natsserver import NatsServer, free_port
 from tests.runtime_support import (
     RuntimeProcess,
     broker_conf,
@@ -252,3 +252,48 @@ async def test_wrong_ca_fails_with_a_clear_error(
     finally:
         runtime.close()
     assert "Traceback" not in runtime.log_text()
+
+
+async def test_an_adapter_that_cannot_connect_does_not_stop_the_others(
+    servers: tuple[NatsServer, NatsServer], tmp_path: Path
+) -> None:
+    choria, jetstream = servers
+    dead = f"127.0.0.1:{free_port()}"
+    config = tmp_path / "broker.conf"
+    config.write_text(
+        broker_conf(
+            middleware=choria.address,
+            adapters={
+                # listed first: in the Go broker a stalled adapter holds up every adapter after it
+                "broken": adapter(jetstream, **{"stream.servers": dead, "ingest.topic": "broken.>"}),
+                "node_data": adapter(jetstream),
+            },
+        )
+    )
+    runtime = RuntimeProcess(config, log_path=tmp_path / "runtime.log")
+    try:
+        await subscribed(runtime, 2)
+        # no stream yet: the start-up check tells the operator how to create one
+        await wait_until(_logged(runtime, "No JetStream stream captures choria.node_metadata."), 20, "hint")
+        assert "choria-broker-adapters streams setup --config" in runtime.log_text()
+        await create_stream(jetstream)
+        registrations = list(fleet(50))
+        await publish_paced(choria.url, REGISTRATION_SUBJECT, [r.payload for r in registrations])
+        stored = await wait_stored(jetstream.url, len(registrations))
+        assert len(stored) == len(registrations)
+        await wait_until(
+            _logged(runtime, f"cannot connect to nats://{dead}"), 20, "the broken adapter's retries"
+        )
+        assert runtime.terminate() == 0
+    finally:
+        runtime.close()
+    log = runtime.log_text()
+    assert "adapter=broken side=stream" in log
+    assert "Traceback" not in log
+
+
+def _logged(runtime: RuntimeProcess, text: str) -> Callable[[], Awaitable[bool]]:
+    async def logged() -> bool:
+        return text in runtime.log_text()
+
+    return logged
