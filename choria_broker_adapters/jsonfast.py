@@ -72,9 +72,14 @@ def _clean(text: str) -> str:
 def _pairs_hook(pairs: list[tuple[str, Any]]) -> GoObject:
     # Every string the decoder ever uses is a key or a direct member value of some object,
     # so cleaning here is enough (strings inside arrays are only ever type-checked).
-    fixed = [(_clean(key), _clean(value) if type(value) is str else value) for key, value in pairs]
-    obj = GoObject(fixed)
-    obj.pairs = fixed
+    # Almost every key and string value is ASCII (which cannot hold a lone surrogate): keep the
+    # decoder's own fresh list then, rebuilding it only when some string needs cleaning.
+    for key, value in pairs:
+        if not key.isascii() or (type(value) is str and not value.isascii()):
+            pairs = [(_clean(key), _clean(value) if type(value) is str else value) for key, value in pairs]
+            break
+    obj = GoObject(pairs)
+    obj.pairs = pairs
     return obj
 
 
@@ -108,18 +113,26 @@ def _lenient_int(text: str) -> int | float:
     return int(text)
 
 
-_STRICT_DECODER = json.JSONDecoder(
-    object_pairs_hook=_pairs_hook,
-    parse_float=_strict_float,
-    parse_int=_strict_int,
-    parse_constant=_reject_constant,
-)
-_LENIENT_DECODER = json.JSONDecoder(
-    object_pairs_hook=_pairs_hook,
-    parse_float=float,
-    parse_int=_lenient_int,
-    parse_constant=_reject_constant,
-)
+def _plain_pairs_hook(pairs: list[tuple[str, Any]]) -> GoObject:
+    # For text that cannot produce a non-ASCII string (see loads_precise): nothing to clean.
+    obj = GoObject(pairs)
+    obj.pairs = pairs
+    return obj
+
+
+def _decoder(strict_numbers: bool, cleaning: bool) -> json.JSONDecoder:
+    return json.JSONDecoder(
+        object_pairs_hook=_pairs_hook if cleaning else _plain_pairs_hook,
+        parse_float=_strict_float if strict_numbers else float,
+        parse_int=_strict_int if strict_numbers else _lenient_int,
+        parse_constant=_reject_constant,
+    )
+
+
+# (strict_numbers, text may hold non-ASCII strings) -> decoder
+_DECODERS = {
+    (strict, cleaning): _decoder(strict, cleaning) for strict in (True, False) for cleaning in (True, False)
+}
 
 
 def loads_precise(data: bytes | str, *, strict_numbers: bool) -> Any:
@@ -130,7 +143,10 @@ def loads_precise(data: bytes | str, *, strict_numbers: bool) -> Any:
     # surrogateescape keeps one code point per invalid byte (Go: one U+FFFD per byte);
     # outside strings such code points are syntax errors, as in Go.
     text = data.decode("utf-8", "surrogateescape") if isinstance(data, bytes) else data
-    decoder = _STRICT_DECODER if strict_numbers else _LENIENT_DECODER
+    # Only non-ASCII text or a \u escape can put a lone surrogate (or any non-ASCII
+    # character) into a string; most documents have neither and skip the cleaning hook.
+    cleaning = not text.isascii() or "\\u" in text
+    decoder = _DECODERS[strict_numbers, cleaning]
     try:
         value = decoder.decode(text)
     except RecursionError as exc:
