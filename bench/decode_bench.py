@@ -9,6 +9,7 @@ so other load on the machine disturbs them less than wall-clock figures would.
 
     .venv/bin/python bench/decode_bench.py                 # both JSON backends
     .venv/bin/python bench/decode_bench.py --backend orjson --seconds 0.5 --json
+    .venv/bin/python bench/decode_bench.py --general-path   # without the well-formed shortcut
 
 Target (issue 3): at least 40,000 msgs/s per core for the v1 registration example.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from choria_broker_adapters import jsonfast
+from choria_broker_adapters import jsonfast, protocol
 from choria_broker_adapters.output import encode_output, message_id, output_subject
 from choria_broker_adapters.protocol import decode
 
@@ -110,7 +111,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="CPU seconds per run (default 1)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure, the best is kept (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    parser.add_argument(
+        "--general-path",
+        action="store_true",
+        help="decode every message with the general Go-compatible path, skipping the fast path "
+        "for well-formed messages (to see what the shortcut gains)",
+    )
     args = parser.parse_args()
+    if args.general_path:
+        protocol.USE_FAST_PATH = False
 
     backends = ["orjson", "stdlib"] if args.backend == "both" else [args.backend]
     if args.backend == "both" and jsonfast.orjson is None:
