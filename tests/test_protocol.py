@@ -832,3 +832,36 @@ def test_arbitrary_transport_documents_only_raise_typed_errors(extra: Any, proto
         for provider in ("puppet", "choria"):
             fast, stdlib = all_outcomes(payload, mode, provider)
             assert fast == stdlib
+
+
+def outcomes_with_and_without_fast_path(payload: bytes, protocol: str, provider: str) -> tuple[Any, Any]:
+    """all_outcomes() with the well-formed-message shortcut on, then off (the general decoder only)."""
+    import choria_broker_adapters.protocol as protocol_module
+
+    saved = protocol_module.USE_FAST_PATH
+    try:
+        protocol_module.USE_FAST_PATH = True
+        with_fast_path = all_outcomes(payload, protocol, provider)
+        protocol_module.USE_FAST_PATH = False
+        general_only = all_outcomes(payload, protocol, provider)
+    finally:
+        protocol_module.USE_FAST_PATH = saved
+    return with_fast_path, general_only
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[vector["name"] for vector in VECTORS])
+def test_fast_path_agrees_with_the_general_decoder_on_vectors(vector: dict[str, Any]) -> None:
+    payload = vector["input"].encode()
+    fast, general = outcomes_with_and_without_fast_path(
+        payload, vector["ingest_protocol"], provider_for(vector["security"])
+    )
+    assert fast == general
+
+
+@pytest.mark.skipif(ORJSON is None, reason="compares the orjson and stdlib paths")
+@FUZZ
+@given(mutated_messages())
+def test_fast_path_agrees_with_the_general_decoder_on_mutations(message: tuple[bytes, str, str]) -> None:
+    payload, protocol, provider = message
+    fast, general = outcomes_with_and_without_fast_path(payload, protocol, provider)
+    assert fast == general
