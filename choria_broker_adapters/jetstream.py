@@ -170,7 +170,9 @@ class AckedPublisher:
     `publish` returns once the message is sent (or queued for a retry) and only waits when
     `max_pending` messages are unconfirmed: that wait is the backpressure a caller's queue
     sees. Outcomes arrive through `on_result` (called on the event loop, must not block) and
-    the counters; acknowledgements may complete in any order.
+    the counters; acknowledgements may complete in any order. With `on_acked`, a message
+    stored at its first attempt is reported by calling it (no arguments) instead, which
+    spares the hot path a PublishResult per message.
     """
 
     def __init__(
@@ -183,6 +185,7 @@ class AckedPublisher:
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
         on_result: Callable[[PublishResult], None] | None = None,
+        on_acked: Callable[[], None] | None = None,
         name: str = "",
     ) -> None:
         if max_pending < 1:
@@ -199,6 +202,8 @@ class AckedPublisher:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._on_result = on_result
+        # The common case, stored at the first attempt, skips building a PublishResult.
+        self._on_acked = on_acked
         self.name = name
         # How often the single timer task looks for expired acks and due retries.
         self._tick = max(0.005, min(0.05, backoff_initial, ack_timeout / 10))
@@ -355,13 +360,15 @@ class AckedPublisher:
         self._has_room.set()
         if not self._pending:
             self._idle.set()
-        if self._on_result is not None:
-            try:
+        try:
+            if outcome is PublishOutcome.ACKED and entry.attempts == 1 and self._on_acked is not None:
+                self._on_acked()
+            elif self._on_result is not None:
                 self._on_result(
                     PublishResult(entry.subject, entry.msg_id, outcome, entry.attempts, reason, seq)
                 )
-            except Exception:
-                log.exception("publisher %s: on_result callback failed", self.name)
+        except Exception:
+            log.exception("publisher %s: result callback failed", self.name)
 
     async def _timer_loop(self) -> None:
         """The one task that expires unacknowledged attempts and sends due retries."""

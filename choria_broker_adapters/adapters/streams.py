@@ -149,6 +149,8 @@ class StreamsAdapter:
             _StreamWorker(i, f"{self.name}.{i}", metrics.worker(f"{self.name}.{i}", "output"))
             for i in range(adapter.stream_workers)
         ]
+        self._ready: list[_StreamWorker] = []  # stream workers whose publisher is running
+        self._next_ready = 0
         self._warn_input = RateLimitedWarning(adapter_logger(self.name, "ingest"))
         self._warn_output = RateLimitedWarning(adapter_logger(self.name, "stream"))
 
@@ -352,6 +354,8 @@ class StreamsAdapter:
         counts = self._counts
         warn = self._warn_input.warn
         perf_counter = time.perf_counter
+        free_publisher = self._free_publisher
+        publish = self._publish
 
         async def handle(msg: Msg) -> None:
             started = perf_counter()
@@ -368,6 +372,14 @@ class StreamsAdapter:
                     {"subject": msg.subject, "reason": error.reason},
                 )
             else:
+                # An idle publisher with room takes the message at once, as an unbuffered hand-over
+                # would; the queue is for when every window is full (and keeps FIFO order then).
+                if not queue and (stream_worker := free_publisher()) is not None:
+                    metrics.received += 1
+                    counts["received"] += 1
+                    metrics.observe(perf_counter() - started)
+                    await publish(stream_worker, stream_worker.publisher, envelope)
+                    return
                 if queue.offer(envelope):
                     metrics.received += 1
                     counts["received"] += 1
@@ -397,6 +409,7 @@ class StreamsAdapter:
             ack_timeout=self.adapter.stream_ack_timeout,
             retry_budget=self.adapter.stream_retry_budget,
             on_result=self._result_handler(worker),
+            on_acked=self._acked_handler(worker),
             name=worker.name,
         )
         await publisher.start()
@@ -424,39 +437,63 @@ class StreamsAdapter:
             self.log.info("Publishing %s into JetStream stream %s", self.adapter.stream_topic, stream)
 
     async def _publish_loop(self, worker: _StreamWorker, publisher: AckedPublisher) -> None:
-        metrics = worker.metrics
-        topic = self.adapter.stream_topic
-        adapter_type = self.adapter.type
+        self._ready.append(worker)
         take = self.queue.take
-        warn = self._warn_output.warn
-        perf_counter = time.perf_counter
+        publish = self._publish
         while (envelope := await take()) is not None:
-            started = perf_counter()
-            try:
-                subject = output_subject(topic, envelope.sender)
-            except OutputError as error:
-                metrics.errors += 1
-                self._drop("subject")
-                warn(
-                    f"subject:{error.reason}",
-                    f"Cannot form a safe subject, discarding: {error.reason}",
-                    {"reason": error.reason},
-                )
-                continue
-            try:
-                body = encode_output(envelope, adapter_type=adapter_type)
-            except OutputError as error:
-                metrics.errors += 1
-                self._drop("encode")
-                warn(
-                    f"encode:{error.reason}",
-                    f"Cannot JSON encode message for publishing, discarding: {error.reason}",
-                    {"subject": subject, "reason": error.reason},
-                )
-                continue
-            metrics.bytes += len(body)
-            await publisher.publish(subject, body, message_id(envelope))
-            metrics.observe(perf_counter() - started)
+            await publish(worker, publisher, envelope)
+
+    def _free_publisher(self) -> _StreamWorker | None:
+        """A connected stream worker whose acknowledgement window has room, rotating among them."""
+        ready = self._ready
+        for _ in range(len(ready)):
+            self._next_ready = (self._next_ready + 1) % len(ready)
+            worker = ready[self._next_ready]
+            publisher = worker.publisher
+            if publisher is not None and publisher.in_flight < publisher.max_pending:
+                return worker
+        return None
+
+    async def _publish(self, worker: _StreamWorker, publisher: AckedPublisher, envelope: Envelope) -> None:
+        """Encode one message and put it in the worker's acknowledgement window (or count why not)."""
+        metrics = worker.metrics
+        started = time.perf_counter()
+        try:
+            subject = output_subject(self.adapter.stream_topic, envelope.sender)
+        except OutputError as error:
+            metrics.errors += 1
+            self._drop("subject")
+            self._warn_output.warn(
+                f"subject:{error.reason}",
+                f"Cannot form a safe subject, discarding: {error.reason}",
+                {"reason": error.reason},
+            )
+            return
+        try:
+            body = encode_output(envelope, adapter_type=self.adapter.type)
+        except OutputError as error:
+            metrics.errors += 1
+            self._drop("encode")
+            self._warn_output.warn(
+                f"encode:{error.reason}",
+                f"Cannot JSON encode message for publishing, discarding: {error.reason}",
+                {"subject": subject, "reason": error.reason},
+            )
+            return
+        metrics.bytes += len(body)
+        await publisher.publish(subject, body, message_id(envelope))
+        metrics.observe(time.perf_counter() - started)
+
+    def _acked_handler(self, worker: _StreamWorker) -> Callable[[], None]:
+        metrics = worker.metrics
+        counts = self._counts
+
+        def on_acked() -> None:
+            counts["stored"] += 1
+            metrics.received += 1
+            metrics.published += 1
+
+        return on_acked
 
     def _result_handler(self, worker: _StreamWorker) -> Callable[[PublishResult], None]:
         metrics = worker.metrics
