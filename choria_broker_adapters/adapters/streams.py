@@ -22,6 +22,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from choria_broker_adapters.connect import (
     EVENT_DISCONNECTED,
@@ -42,6 +43,8 @@ from choria_broker_adapters.stats import Metrics, WorkerMetrics
 # slow-consumer drops (nats-py's defaults cost a quarter of an unpaced 200k burst here).
 PENDING_MSGS_LIMIT = 1_000_000
 PENDING_BYTES_LIMIT = 256 * 1024 * 1024
+# How long a stopping ingest worker keeps listening after unsubscribing (see _stop_interest).
+UNSUBSCRIBE_LINGER = 0.25
 
 
 class WorkQueue:
@@ -100,6 +103,7 @@ class _IngestWorker:
     nc: Client | None = None
     task: asyncio.Task[None] | None = None
     subscribed: bool = False
+    subscription: Subscription | None = None
 
 
 @dataclass
@@ -252,6 +256,7 @@ class StreamsAdapter:
             return
         try:
             if nc.is_connected:
+                await self._stop_interest(worker)
                 await asyncio.wait_for(nc.drain(), timeout=max(0.1, deadline - time.monotonic()))
             else:
                 await nc.close()
@@ -259,6 +264,23 @@ class StreamsAdapter:
             self.log.warning("Ingest worker %s did not drain cleanly: %s", worker.name, _describe(error))
             with contextlib.suppress(Exception):
                 await nc.close()
+
+    async def _stop_interest(self, worker: _IngestWorker) -> None:
+        """Tell the server to stop routing to this queue member, then keep listening a moment.
+
+        nats-py's drain forgets the subscription as soon as the server answers the PING after
+        the UNSUB, but a message the server routed to this member just before processing the
+        UNSUB can still arrive after that answer, and would be dropped unseen. Unsubscribing
+        first and lingering lets such stragglers reach the handler; the drain that follows
+        then finds nothing new. (nats-py has no public "unsubscribe but keep processing".)
+        """
+        subscription, nc = worker.subscription, worker.nc
+        if subscription is None or nc is None:
+            return
+        with contextlib.suppress(Exception):
+            await nc._send_unsubscribe(subscription._id)
+            await nc.flush(timeout=2)
+            await asyncio.sleep(UNSUBSCRIBE_LINGER)
 
     def state(self) -> AdapterState:
         return AdapterState(
@@ -334,7 +356,7 @@ class StreamsAdapter:
         if self._ingest_stopped:
             await nc.close()
             return
-        await nc.subscribe(
+        worker.subscription = await nc.subscribe(
             self.adapter.ingest_topic,
             queue=f"nats_ingest_{self.name}",
             cb=self._ingest_handler(worker),
