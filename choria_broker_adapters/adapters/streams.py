@@ -5,9 +5,11 @@
 Ingest workers queue-subscribe to `ingest.topic` in group `nats_ingest_NAME`, one NATS
 connection each, decode every message and offer it to the bounded queue; a full queue drops
 the message with a count and a rate-limited warning instead of blocking the NATS client into
-a slow-consumer disconnect. Stream workers, one connection each, encode the output document
-and hand it to an acknowledged, windowed publisher that retries with the same Nats-Msg-Id.
-Every message received is either stored or counted under a drop reason.
+a slow-consumer disconnect. While the queue is empty a message goes straight to a stream
+worker whose window has room (an unbuffered hand-over, saving a task switch per message).
+Stream workers, one connection each, encode the output document and hand it to an
+acknowledged, windowed publisher that retries with the same Nats-Msg-Id. Every message
+received is either stored or counted under a drop reason.
 """
 
 from __future__ import annotations
