@@ -26,8 +26,29 @@ CONTEXT_FIELDS = ("component", "adapter", "side", "instance", "subject", "reason
 ROOT_LOGGER = "choria_broker_adapters"
 
 
+# LogRecord's own `process` attribute is the pid; the runtime's process index travels as
+# `process_index` and is written as `process=<index>`.
+PROCESS_INDEX_FIELD = "process_index"
+
+
 def _context(record: logging.LogRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in CONTEXT_FIELDS if getattr(record, name, None) is not None}
+    context = {
+        name: getattr(record, name) for name in CONTEXT_FIELDS if getattr(record, name, None) is not None
+    }
+    index = getattr(record, PROCESS_INDEX_FIELD, None)
+    return context if index is None else {"process": index, **context}
+
+
+class _ProcessIndexFilter(logging.Filter):
+    """Marks every line with the index of the runtime process that wrote it (multi-process runs)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        setattr(record, PROCESS_INDEX_FIELD, self.index)
+        return True
 
 
 class TextFormatter(logging.Formatter):
@@ -61,8 +82,16 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, sort_keys=True)
 
 
-def configure(logfile: str, loglevel: str, *, debug: bool = False, stream: TextIO | None = None) -> None:
-    """Point the package's loggers at the configured target (the edge: opens the log file)."""
+def configure(
+    logfile: str,
+    loglevel: str,
+    *,
+    debug: bool = False,
+    stream: TextIO | None = None,
+    process_index: int | None = None,
+) -> None:
+    """Point the package's loggers at the configured target (the edge: opens the log file).
+    With `process_index`, every line carries `process=<index>`."""
     logger = logging.getLogger(ROOT_LOGGER)
     logger.handlers.clear()
     logger.propagate = False
@@ -77,6 +106,8 @@ def configure(logfile: str, loglevel: str, *, debug: bool = False, stream: TextI
     else:
         handler = logging.FileHandler(logfile, encoding="utf-8")
         handler.setFormatter(JSONFormatter())
+    if process_index is not None:
+        handler.addFilter(_ProcessIndexFilter(process_index))
     logger.addHandler(handler)
 
 

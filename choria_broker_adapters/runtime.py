@@ -3,7 +3,9 @@
 settings → registry → one adapter object per `plugin.choria.adapters` entry, each started
 independently (an adapter that cannot connect retries on its own and never holds up the
 others), an optional statistics server, then a graceful stop within each adapter's grace
-period.
+period. With `run --processes N` the parent's Runtime also supervises N-1 child processes
+(`multiprocess.ChildSupervisor`), and each child's Runtime reports to it
+(`multiprocess.SnapshotReporter`) instead of serving statistics.
 """
 
 from __future__ import annotations
@@ -18,16 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from choria_broker_adapters.adapters.registry import adapter_type
+from choria_broker_adapters.multiprocess import ChildSupervisor, SnapshotReporter, sum_adapter_states
 from choria_broker_adapters.settings import Settings
-from choria_broker_adapters.stats import Metrics, StatsServer
+from choria_broker_adapters.stats import Metrics, Snapshot, StatsServer
 
 log = logging.getLogger("choria_broker_adapters.runtime")
 
 
 class Runtime:
     def __init__(
-        self, settings: Settings, *, disable_tls: bool = False, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        *,
+        disable_tls: bool = False,
+        metrics: Metrics | None = None,
+        children: ChildSupervisor | None = None,
+        reporter: SnapshotReporter | None = None,
     ) -> None:
+        """`children`: the parent of a multi-process run; `reporter`: a child (no stats server)."""
         self.settings = settings
         self.metrics = metrics or Metrics(settings.identity)
         self.adapters = [
@@ -36,42 +46,82 @@ class Runtime:
         ]
         self.stats_server: StatsServer | None = None
         self.stop_requested = asyncio.Event()
+        self.children = children
+        self.reporter = reporter
+
+    def adapter_states(self) -> list[dict[str, Any]]:
+        return [asdict(adapter.state()) for adapter in self.adapters]
 
     def status(self) -> dict[str, Any]:
-        return {
+        own = self.adapter_states()
+        document: dict[str, Any] = {
             "identity": self.settings.identity,
             "config_file": self.settings.config_file,
-            "adapters": [asdict(adapter.state()) for adapter in self.adapters],
+            "adapters": own,
         }
+        if self.children is not None:
+            children = self.children.status()
+            # Top-level adapters: summed over every process; per-process detail under "processes".
+            document["adapters"] = sum_adapter_states([own, *(child["adapters"] for child in children)])
+            document["processes"] = [
+                {
+                    "index": 0,
+                    "pid": os.getpid(),
+                    "running": True,
+                    "restarts": 0,
+                    "last_exit": None,
+                    "adapters": own,
+                },
+                *children,
+            ]
+        return document
+
+    def _report(self) -> tuple[Snapshot, list[dict[str, Any]]]:
+        return self.metrics.snapshot(), self.adapter_states()
 
     def request_stop(self, reason: str = "") -> None:
         if not self.stop_requested.is_set():
             log.info("Stopping: %s", reason or "requested")
             self.stop_requested.set()
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """Run until asked to stop; True when every process (this one and any children) stopped cleanly."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, f"received {sig.name}")
+        children_clean = True
         try:
-            if self.settings.stats_port > 0:
+            # A child (with a reporter) serves no statistics: the parent serves every process's.
+            if self.settings.stats_port > 0 and self.reporter is None:
                 self.stats_server = StatsServer(
                     self.metrics, self.settings.stats_address, self.settings.stats_port, self.status
                 )
                 await self.stats_server.start()
-            else:
+            elif self.reporter is None:
                 log.info("Statistics gathering disabled, set plugin.choria.stats_port")
+            if self.children is not None:
+                self.children.start()
             for adapter in self.adapters:
                 await adapter.start()
+            if self.reporter is not None:
+                self.reporter.start(self._report, self.request_stop)
             log.info("Running %d adapter(s) as %s", len(self.adapters), self.settings.identity)
             await self.stop_requested.wait()
-            await asyncio.gather(*(adapter.stop() for adapter in self.adapters))
+            stopping = [adapter.stop() for adapter in self.adapters]
+            if self.children is not None:
+                # The children drain at the same time as this process.
+                *_, children_clean = await asyncio.gather(*stopping, self.children.stop())
+            else:
+                await asyncio.gather(*stopping)
+            if self.reporter is not None:
+                await self.reporter.finish()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             if self.stats_server:
                 await self.stats_server.close()
         log.info("All adapters stopped")
+        return children_clean
 
 
 def write_pid_file(path: str) -> None:

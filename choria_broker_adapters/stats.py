@@ -15,11 +15,11 @@ import logging
 import os
 import resource
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -86,7 +86,7 @@ class _AdapterCollector(Collector):
         time = SummaryMetricFamily(
             "choria_adapter_time", "Time taken to handle a message", labels=worker_labels
         )
-        for (worker, role), counters in self.metrics.workers.items():
+        for (worker, role), counters in self.metrics.all_workers().items():
             labels = [worker, role, identity]
             for attribute, family in families.items():
                 family.add_metric(labels, getattr(counters, attribute))
@@ -108,12 +108,47 @@ class _AdapterCollector(Collector):
             "Messages received but not stored, by reason",
             labels=["name", "reason", "identity"],
         )
-        for adapter, counters in self.metrics.adapters.items():
+        for adapter, counters in self.metrics.all_adapters().items():
             retries.add_metric([adapter, identity], counters.retries)
             duplicates.add_metric([adapter, identity], counters.duplicates)
             for reason, count in counters.dropped.items():
                 dropped.add_metric([adapter, reason, identity], count)
         yield from (retries, duplicates, dropped)
+
+        for gauge in (self.metrics.queue_length, self.metrics.queue_capacity, self.metrics.in_flight):
+            family = GaugeMetricFamily(gauge.name, gauge.documentation, labels=adapter_labels)
+            for adapter, value in self.metrics.gauge_totals(gauge).items():
+                family.add_metric([adapter, identity], value)
+            yield family
+
+
+class AdapterGauge:
+    """A per-adapter gauge (`name`, `identity` labels) read at scrape time and summed over the
+    processes of a multi-process runtime; the same `labels(...).set/set_function` calls as
+    prometheus_client's Gauge."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._sources: dict[str, Callable[[], float]] = {}
+
+    def labels(self, adapter: str, identity: str) -> _GaugeSource:
+        return _GaugeSource(self._sources, adapter)
+
+    def values(self) -> dict[str, float]:
+        return {adapter: float(source()) for adapter, source in self._sources.items()}
+
+
+class _GaugeSource:
+    def __init__(self, sources: dict[str, Callable[[], float]], adapter: str) -> None:
+        self._sources = sources
+        self._adapter = adapter
+
+    def set(self, value: float) -> None:
+        self._sources[self._adapter] = lambda: value
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        self._sources[self._adapter] = function
 
 
 class Metrics:
@@ -125,25 +160,20 @@ class Metrics:
         self.workers: dict[tuple[str, str], WorkerMetrics] = {}
         self.adapters: dict[str, AdapterCounters] = {}
         self.registry.register(_AdapterCollector(self))
-        adapter_labels = ("name", "identity")
-        self.queue_length = Gauge(
-            "choria_adapter_queue_length",
-            "Messages in the adapter's work queue",
-            adapter_labels,
-            registry=self.registry,
+        self.queue_length = AdapterGauge(
+            "choria_adapter_queue_length", "Messages in the adapter's work queue"
         )
-        self.queue_capacity = Gauge(
-            "choria_adapter_queue_capacity",
-            "Capacity of the adapter's work queue",
-            adapter_labels,
-            registry=self.registry,
+        self.queue_capacity = AdapterGauge(
+            "choria_adapter_queue_capacity", "Capacity of the adapter's work queue"
         )
-        self.in_flight = Gauge(
-            "choria_adapter_in_flight_msgs",
-            "Messages published and awaiting a JetStream acknowledgement",
-            adapter_labels,
-            registry=self.registry,
+        self.in_flight = AdapterGauge(
+            "choria_adapter_in_flight_msgs", "Messages published and awaiting a JetStream acknowledgement"
         )
+        # A multi-process runtime's parent also exports its children's counters: the latest
+        # snapshot of each running child, plus the final counts of children that were replaced
+        # (so the summed counters never go backwards when a child restarts from zero).
+        self.peers: dict[int, Snapshot] = {}
+        self.retired = Snapshot()
         self.build_info = Gauge(
             "choria_build_info", "Build information", ("version", "identity"), registry=self.registry
         )
@@ -158,6 +188,105 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def snapshot(self) -> Snapshot:
+        """This process's counters and gauges, to be sent to the parent process."""
+        return Snapshot(
+            workers={key: _copy_worker(counters) for key, counters in self.workers.items()},
+            adapters={name: _copy_adapter(counters) for name, counters in self.adapters.items()},
+            gauges={
+                gauge.name: gauge.values()
+                for gauge in (self.queue_length, self.queue_capacity, self.in_flight)
+            },
+        )
+
+    def retire_peer(self, index: int) -> None:
+        """A child process ended: keep its last counts (not its gauges) in the totals."""
+        peer = self.peers.pop(index, None)
+        if peer is not None:
+            self.retired = merge_snapshots([self.retired, Snapshot(peer.workers, peer.adapters)])
+
+    def _merged(self) -> Snapshot:
+        local = Snapshot(self.workers, self.adapters)
+        return merge_snapshots([local, self.retired, *self.peers.values()])
+
+    def all_workers(self) -> dict[tuple[str, str], WorkerMetrics]:
+        if not self.peers and not self.retired.workers:
+            return self.workers
+        return self._merged().workers
+
+    def all_adapters(self) -> dict[str, AdapterCounters]:
+        if not self.peers and not self.retired.adapters:
+            return self.adapters
+        return self._merged().adapters
+
+    def gauge_totals(self, gauge: AdapterGauge) -> dict[str, float]:
+        totals = gauge.values()
+        for peer in self.peers.values():
+            for adapter, value in peer.gauges.get(gauge.name, {}).items():
+                totals[adapter] = totals.get(adapter, 0.0) + value
+        return totals
+
+
+@dataclass
+class Snapshot:
+    """Counters and gauge values of one process (or a sum of several), JSON-serialisable."""
+
+    workers: dict[tuple[str, str], WorkerMetrics] = field(default_factory=dict)
+    adapters: dict[str, AdapterCounters] = field(default_factory=dict)
+    gauges: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workers": [[name, role, *astuple(counters)] for (name, role), counters in self.workers.items()],
+            "adapters": {name: asdict(counters) for name, counters in self.adapters.items()},
+            "gauges": self.gauges,
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Snapshot:
+        return cls(
+            workers={(row[0], row[1]): WorkerMetrics(*row[2:]) for row in document.get("workers", [])},
+            adapters={
+                name: AdapterCounters(counters["retries"], counters["duplicates"], dict(counters["dropped"]))
+                for name, counters in document.get("adapters", {}).items()
+            },
+            gauges={name: dict(values) for name, values in document.get("gauges", {}).items()},
+        )
+
+
+def merge_snapshots(snapshots: list[Snapshot]) -> Snapshot:
+    """Sum counters per label set (worker names are `NAME.<i>` in every process, so the sum
+    keeps the Go broker's series exactly as a single process exports them)."""
+    total = Snapshot()
+    for snapshot in snapshots:
+        for key, worker in snapshot.workers.items():
+            into = total.workers.setdefault(key, WorkerMetrics())
+            into.received += worker.received
+            into.published += worker.published
+            into.errors += worker.errors
+            into.bytes += worker.bytes
+            into.time_sum += worker.time_sum
+            into.time_count += worker.time_count
+        for name, adapter in snapshot.adapters.items():
+            target = total.adapters.setdefault(name, AdapterCounters())
+            target.retries += adapter.retries
+            target.duplicates += adapter.duplicates
+            for reason, count in adapter.dropped.items():
+                target.dropped[reason] = target.dropped.get(reason, 0) + count
+        for gauge, values in snapshot.gauges.items():
+            gauge_total = total.gauges.setdefault(gauge, {})
+            for adapter, value in values.items():
+                gauge_total[adapter] = gauge_total.get(adapter, 0.0) + value
+    return total
+
+
+def _copy_worker(counters: WorkerMetrics) -> WorkerMetrics:
+    return WorkerMetrics(*astuple(counters))
+
+
+def _copy_adapter(counters: AdapterCounters) -> AdapterCounters:
+    return AdapterCounters(counters.retries, counters.duplicates, dict(counters.dropped))
 
 
 def process_summary() -> dict[str, Any]:

@@ -8,7 +8,8 @@ import logging
 import sys
 
 from choria_broker_adapters import logs
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_OK, load_settings_or_report
+from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_settings_or_report
+from choria_broker_adapters.multiprocess import parse_child, parse_processes
 from choria_broker_adapters.settings import Settings, tls_problems
 
 NAME = "run"
@@ -23,11 +24,19 @@ waiting for every acknowledgement and retrying without duplicates.
 SIGTERM or SIGINT stops ingesting, publishes and confirms what is queued within each adapter's
 shutdown_grace, and exits 0.
 
+One process uses one CPU core (about 30,000 messages a second). --processes N runs N processes
+that all run every adapter in the same queue groups, so the NATS server spreads the messages
+over them. This process is process 0: it serves the statistics (summed over all processes,
+/choria/ also lists each process), forwards SIGTERM/SIGINT to the others, restarts one that
+dies, and exits 0 only when every process stopped cleanly. The others stop if it dies. Log
+lines carry process=<index> when N > 1.
+
 examples:
   choria-broker-adapters run --config /etc/choria/broker.conf
   choria-broker-adapters run --config broker.conf --disable-tls --pid /run/choria-broker-adapters.pid
+  choria-broker-adapters run --config /etc/choria/broker.conf --processes auto
 
-exit status: 0 clean stop, 78 configuration error
+exit status: 0 clean stop, 1 a process did not stop cleanly, 78 configuration error
 """
 
 
@@ -40,6 +49,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pid", metavar="FILE", help="write the process id to FILE while running")
     parser.add_argument("--debug", action="store_true", help="log at debug level whatever loglevel says")
+    parser.add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        metavar="N",
+        help="run N processes to use N cores (default 1; 'auto' or 0: one per core)",
+    )
+    # Internal: how the parent starts process INDEX, which reports to it on pipe FD.
+    parser.add_argument("--child", type=_child, metavar="INDEX:FD", help=argparse.SUPPRESS)
+
+
+def _processes(value: str) -> int:
+    try:
+        return parse_processes(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _child(value: str) -> tuple[int, int]:
+    try:
+        return parse_child(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,21 +89,61 @@ def run(args: argparse.Namespace) -> int:
     if connection_problem:
         print(f"{settings.config_file}: {connection_problem}", file=sys.stderr)
         return EXIT_CONFIG
-    logs.configure(settings.logfile, settings.loglevel, debug=args.debug)
+    child_index = args.child[0] if args.child else None
+    multiprocess = child_index is None and args.processes > 1
+    logs.configure(
+        settings.logfile,
+        settings.loglevel,
+        debug=args.debug,
+        process_index=child_index if child_index is not None else (0 if multiprocess else None),
+    )
     log = logging.getLogger("choria_broker_adapters.runtime")
-    for warning in settings.warnings:
-        log.warning("Configuration: %s", warning)
+    if child_index is None:  # not again in every child
+        for warning in settings.warnings:
+            log.warning("Configuration: %s", warning)
 
+    from choria_broker_adapters.multiprocess import ChildSupervisor, SnapshotReporter
     from choria_broker_adapters.runtime import Runtime, remove_pid_file, write_pid_file
+    from choria_broker_adapters.stats import Metrics
+
+    if args.child:
+        runtime = Runtime(settings, disable_tls=args.disable_tls, reporter=SnapshotReporter(*args.child))
+        return EXIT_OK if _event_loop_runner()(runtime.run()) else EXIT_FAILURE
+
+    async def run_runtime() -> bool:
+        # Built inside the event loop: the supervisor and runtime use it.
+        children = None
+        if multiprocess:
+            grace = max((a.shutdown_grace for a in settings.adapters.values()), default=10.0)
+            children = ChildSupervisor(
+                args.processes, _child_arguments(args), Metrics(settings.identity), grace + 10.0
+            )
+        runtime = Runtime(
+            settings,
+            disable_tls=args.disable_tls,
+            children=children,
+            metrics=children.metrics if children else None,
+        )
+        return await runtime.run()
 
     if args.pid:
         write_pid_file(args.pid)
     try:
-        _event_loop_runner()(Runtime(settings, disable_tls=args.disable_tls).run())
+        clean = _event_loop_runner()(run_runtime())
     finally:
         if args.pid:
             remove_pid_file(args.pid)
-    return EXIT_OK
+    return EXIT_OK if clean else EXIT_FAILURE
+
+
+def _child_arguments(args: argparse.Namespace) -> list[str]:
+    """What a child process is started with: the same configuration and flags, one process."""
+    arguments = ["--config", args.config]
+    if args.disable_tls:
+        arguments.append("--disable-tls")
+    if args.debug:
+        arguments.append("--debug")
+    return arguments
 
 
 def _connection_problem(settings: Settings, *, disable_tls: bool) -> str | None:
