@@ -280,7 +280,12 @@ class ChildSupervisor:
                     self._on_unexpected_exit(child, now)
                 elif child.process is None and child.restart_at is not None and now >= child.restart_at:
                     child.restarts += 1
-                    self._spawn(child)
+                    try:
+                        self._spawn(child)
+                    except OSError as error:  # e.g. out of processes or memory: try again later
+                        child.consecutive_failures += 1
+                        child.restart_at = now + restart_delay(child.consecutive_failures)
+                        log.error("Could not restart process %d: %s", child.index, error)
             await asyncio.sleep(POLL_INTERVAL_S)
 
     def _on_unexpected_exit(self, child: Child, now: float) -> None:

@@ -131,14 +131,19 @@ def test_adapter_states_are_summed_per_adapter() -> None:
     ]
 
 
-def test_log_lines_carry_the_process_index_not_the_pid() -> None:
-    for index, expected in ((None, "adapter=a"), (3, "process=3 component=streams_adapter adapter=a")):
-        output = io.StringIO()
+@pytest.mark.parametrize(
+    ("index", "expected"), [(None, 'msg="hello" component='), (3, 'msg="hello" process=3 component=')]
+)
+def test_log_lines_carry_the_process_index_not_the_pid(index: int | None, expected: str) -> None:
+    logger = logging.getLogger(logs.ROOT_LOGGER)
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    output = io.StringIO()
+    try:
         logs.configure("stdout", "info", stream=output, process_index=index)
         logs.adapter_logger("a").info("hello")
-        assert expected in output.getvalue()
-        assert "process=" not in output.getvalue() or index is not None
-    logging.getLogger(logs.ROOT_LOGGER).handlers.clear()
+    finally:
+        logger.handlers[:], logger.propagate, logger.level = saved
+    assert expected in output.getvalue()
 
 
 # ---------------------------------------------------------------- the CLI with real servers
@@ -303,3 +308,14 @@ async def _true(value: bool) -> bool:
 
 async def _equals(count: Any, expected: int) -> bool:
     return int(await count) == expected
+
+
+def test_config_error_exits_78_before_starting_any_process(tmp_path: Path) -> None:
+    config = tmp_path / "broker.conf"
+    config.write_text("plugin.choria.adapters = a\nplugin.choria.adapter.a.type = kafka\n")
+    runtime = RuntimeProcess(
+        config, log_path=tmp_path / "runtime.log", args=("--disable-tls", "--processes", "2")
+    )
+    assert runtime.wait(30) == 78
+    assert "unknown adapter type 'kafka'" in runtime.log_text()
+    assert "Started process" not in runtime.log_text()
