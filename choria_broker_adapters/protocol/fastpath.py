@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from choria_broker_adapters.jsonfast import JSONInvalid
@@ -53,50 +54,62 @@ NANOS = v1.NANOS
 # using `==` is exact for the same reason.
 
 
-def _plain_v1_headers(headers: Any) -> bool:
-    """v1.check_headers would accept these headers, and they have only exact field names."""
-    if not isinstance(headers, dict) or not headers.keys() <= v1.HEADER_FIELDS:
+@dataclass(frozen=True, slots=True)
+class _HeaderLayout:
+    """Where one protocol version keeps the same header values under its own names."""
+
+    fields: frozenset[str]
+    strings: tuple[str, str]  # optional strings: reply subject, sender
+    trail: str  # [][3]string of servers seen
+    federation_fields: frozenset[str]
+    federation_strings: tuple[str, str]  # optional strings: request id, reply subject
+    federation_targets: str  # []string
+
+
+def _plain_headers(headers: Any, layout: _HeaderLayout) -> bool:
+    """check_headers would accept these headers, and they have only exact field names."""
+    if not isinstance(headers, dict) or not headers.keys() <= layout.fields:
         return False
-    if type(headers.get("reply-to")) not in _OPTIONAL_STRING:
-        return False
-    if type(headers.get("mc_sender")) not in _OPTIONAL_STRING:
-        return False
-    if not _plain_string_triples(headers.get("seen-by")):
+    for name in layout.strings:
+        if type(headers.get(name)) not in _OPTIONAL_STRING:
+            return False
+    if not _plain_string_triples(headers.get(layout.trail)):
         return False
     federation = headers.get("federation")
-    if federation is not None:
-        if not isinstance(federation, dict) or not federation.keys() <= v1.FEDERATION_FIELDS:
+    if federation is None:
+        return True
+    if not isinstance(federation, dict) or not federation.keys() <= layout.federation_fields:
+        return False
+    for name in layout.federation_strings:
+        if type(federation.get(name)) not in _OPTIONAL_STRING:
             return False
-        if type(federation.get("req")) not in _OPTIONAL_STRING:
-            return False
-        if type(federation.get("reply-to")) not in _OPTIONAL_STRING:
-            return False
-        if not _plain_string_list(federation.get("target")):
-            return False
-    return True
+    return _plain_string_list(federation.get(layout.federation_targets))
+
+
+_V1_HEADERS = _HeaderLayout(
+    frozenset(v1.HEADER_FIELDS),
+    ("reply-to", "mc_sender"),
+    "seen-by",
+    frozenset(v1.FEDERATION_FIELDS),
+    ("req", "reply-to"),
+    "target",
+)
+_V2_HEADERS = _HeaderLayout(
+    frozenset(v2.HEADER_FIELDS),
+    ("reply", "sender"),
+    "trace",
+    frozenset(v2.FEDERATION_FIELDS),
+    ("request", "reply"),
+    "targets",
+)
+
+
+def _plain_v1_headers(headers: Any) -> bool:
+    return _plain_headers(headers, _V1_HEADERS)
 
 
 def _plain_v2_headers(headers: Any) -> bool:
-    """v2.check_headers would accept these headers, and they have only exact field names."""
-    if not isinstance(headers, dict) or not headers.keys() <= v2.HEADER_FIELDS:
-        return False
-    if type(headers.get("reply")) not in _OPTIONAL_STRING:
-        return False
-    if type(headers.get("sender")) not in _OPTIONAL_STRING:
-        return False
-    if not _plain_string_triples(headers.get("trace")):
-        return False
-    federation = headers.get("federation")
-    if federation is not None:
-        if not isinstance(federation, dict) or not federation.keys() <= v2.FEDERATION_FIELDS:
-            return False
-        if type(federation.get("request")) not in _OPTIONAL_STRING:
-            return False
-        if type(federation.get("reply")) not in _OPTIONAL_STRING:
-            return False
-        if not _plain_string_list(federation.get("targets")):
-            return False
-    return True
+    return _plain_headers(headers, _V2_HEADERS)
 
 
 def _plain_string_triples(value: Any) -> bool:
