@@ -224,20 +224,22 @@ class ChildSupervisor:
         asyncio.get_running_loop().add_reader(read_fd, self._read, child)
         log.info("Started process %d (pid %d)", child.index, child.process.pid)
 
-    def _read(self, child: Child) -> None:
+    def _read(self, child: Child) -> bool:
+        """Read one chunk of reports; False when nothing more is there now or the pipe closed."""
         if child.read_fd is None:
-            return
+            return False
         try:
             data = os.read(child.read_fd, 65536)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             self._close_pipe(child)
-            return
+            return False
         for line in child.reader.feed(data):
             self._accept(child, line)
+        return True
 
     def _accept(self, child: Child, line: bytes) -> None:
         try:
@@ -259,18 +261,8 @@ class ChildSupervisor:
 
     def _drain_pipe(self, child: Child) -> None:
         """Read what an exited child left in its pipe (its final report)."""
-        while child.read_fd is not None:
-            try:
-                data = os.read(child.read_fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._close_pipe(child)
-                return
-            for line in child.reader.feed(data):
-                self._accept(child, line)
+        while self._read(child):
+            pass
 
     async def _watch(self) -> None:
         while not self._stopping:
