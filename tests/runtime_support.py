@@ -82,6 +82,15 @@ class RuntimeProcess:
         self._log.close()
 
 
+def logged(runtime: RuntimeProcess, text: str) -> Callable[[], Awaitable[bool]]:
+    """A wait_until condition: the runtime's log contains `text`."""
+
+    async def contains() -> bool:
+        return text in runtime.log_text()
+
+    return contains
+
+
 async def wait_until(
     condition: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.1
 ) -> None:

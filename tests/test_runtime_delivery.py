@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -15,6 +15,7 @@ from choria_broker_adapters.natsserver import NatsServer, free_port
 from tests.runtime_support import (
     RuntimeProcess,
     broker_conf,
+    logged,
     publish_paced,
     stored_request_ids,
     stream_count,
@@ -274,7 +275,7 @@ async def test_an_adapter_that_cannot_connect_does_not_stop_the_others(
     try:
         await subscribed(runtime, 2)
         # no stream yet: the start-up check tells the operator how to create one
-        await wait_until(_logged(runtime, "No JetStream stream captures choria.node_metadata."), 20, "hint")
+        await wait_until(logged(runtime, "No JetStream stream captures choria.node_metadata."), 20, "hint")
         assert "choria-broker-adapters streams setup --config" in runtime.log_text()
         await create_stream(jetstream)
         registrations = list(fleet(50))
@@ -282,7 +283,7 @@ async def test_an_adapter_that_cannot_connect_does_not_stop_the_others(
         stored = await wait_stored(jetstream.url, len(registrations))
         assert len(stored) == len(registrations)
         await wait_until(
-            _logged(runtime, f"cannot connect to nats://{dead}"), 20, "the broken adapter's retries"
+            logged(runtime, f"cannot connect to nats://{dead}"), 20, "the broken adapter's retries"
         )
         assert runtime.terminate() == 0
     finally:
@@ -290,10 +291,3 @@ async def test_an_adapter_that_cannot_connect_does_not_stop_the_others(
     log = runtime.log_text()
     assert "adapter=broken side=stream" in log
     assert "Traceback" not in log
-
-
-def _logged(runtime: RuntimeProcess, text: str) -> Callable[[], Awaitable[bool]]:
-    async def logged() -> bool:
-        return text in runtime.log_text()
-
-    return logged

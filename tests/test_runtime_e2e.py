@@ -18,6 +18,7 @@ from tests.runtime_support import (
     RuntimeProcess,
     broker_conf,
     example,
+    logged,
     stored_messages,
     stream_count,
     wait_until,
@@ -100,10 +101,8 @@ async def test_examples_and_vectors_arrive_byte_exact_and_discards_are_counted(
     runtime = RuntimeProcess(config, log_path=tmp_path / "runtime.log")
     try:
         # Wait for the ingest subscriptions: core NATS drops what is published before them.
-        await wait_until(lambda: _log_contains(runtime, "Subscribed to choria.reply.>"), 20, "subscriptions")
-        await wait_until(
-            lambda: _log_contains(runtime, f"Subscribed to {REQUEST_TOPIC}"), 20, "subscriptions"
-        )
+        await wait_until(logged(runtime, "Subscribed to choria.reply.>"), 20, "subscriptions")
+        await wait_until(logged(runtime, f"Subscribed to {REQUEST_TOPIC}"), 20, "subscriptions")
 
         expected: dict[str, list[tuple[str, bytes]]] = {"CHORIA_REGISTRATION": [], "CHORIA_REPLIES": []}
         input_discards = output_discards = 0
@@ -179,10 +178,6 @@ async def test_examples_and_vectors_arrive_byte_exact_and_discards_are_counted(
     assert re.search(r"adapter=registration side=ingest", log)
 
 
-async def _log_contains(runtime: RuntimeProcess, text: str) -> bool:
-    return text in runtime.log_text()
-
-
 async def _count_is(js: Any, stream: str, count: int) -> bool:
     return await stream_count(js, stream) >= count
 
@@ -210,9 +205,7 @@ async def test_v2_examples_with_the_choria_security_provider(
     await add_stream(jetstream.url, "NODES", ["choria.node_metadata.>"])
     runtime = RuntimeProcess(config, log_path=tmp_path / "runtime.log")
     try:
-        await wait_until(
-            lambda: _log_contains(runtime, f"Subscribed to {REQUEST_TOPIC}"), 20, "subscriptions"
-        )
+        await wait_until(logged(runtime, f"Subscribed to {REQUEST_TOPIC}"), 20, "subscriptions")
         wire, _, output = example("v2_registration_inventory_gzip")
         v1_wire, _, _ = example("v1_registration_inventory_plain")
         nc = await nats.connect(choria.url)
@@ -255,9 +248,7 @@ async def test_jetstream_adapter_type_writes_the_documented_protocol(
     await add_stream(jetstream.url, "CHORIA_NODE_DATA", ["choria.node_metadata.>"])
     runtime = RuntimeProcess(config, log_path=tmp_path / "runtime.log")
     try:
-        await wait_until(
-            lambda: _log_contains(runtime, f"Subscribed to {REQUEST_TOPIC}"), 20, "subscriptions"
-        )
+        await wait_until(logged(runtime, f"Subscribed to {REQUEST_TOPIC}"), 20, "subscriptions")
         wire, _, output = example("v1_registration_inventory_plain")
         nc = await nats.connect(choria.url)
         await nc.publish(REQUEST_TOPIC, wire)
