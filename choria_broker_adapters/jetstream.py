@@ -301,12 +301,14 @@ class AckedPublisher:
             )
         except _PERMANENT_PUBLISH_ERRORS as exc:
             if self._pending.get(token) is entry:
-                self._finish(token, entry, PublishOutcome.DROPPED, reason=f"cannot publish: {_describe(exc)}")
+                self._finish(
+                    token, entry, PublishOutcome.DROPPED, reason=f"cannot publish: {describe_exception(exc)}"
+                )
         except Exception as exc:
             # Disconnected with the client's buffer full, closed, or draining: retry later
             # rather than lose the message; the ack callback may already have settled it.
             if self._pending.get(token) is entry and entry.in_flight:
-                self._failed(token, entry, f"publish failed: {_describe(exc)}", time.monotonic())
+                self._failed(token, entry, f"publish failed: {describe_exception(exc)}", time.monotonic())
 
     async def _on_ack(self, msg: Msg) -> None:
         try:
@@ -397,7 +399,8 @@ class AckedPublisher:
                     await self._send(token, entry, time.monotonic())
 
 
-def _describe(exc: BaseException) -> str:
+def describe_exception(exc: BaseException) -> str:
+    """`Type: message` (or just the type when there is no message), for log lines and reasons."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

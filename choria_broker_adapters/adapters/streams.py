@@ -34,7 +34,13 @@ from choria_broker_adapters.connect import (
     connect_options,
     connect_with_backoff,
 )
-from choria_broker_adapters.jetstream import AckedPublisher, PublishOutcome, PublishResult, stream_for_subject
+from choria_broker_adapters.jetstream import (
+    AckedPublisher,
+    PublishOutcome,
+    PublishResult,
+    describe_exception,
+    stream_for_subject,
+)
 from choria_broker_adapters.logs import RateLimitedWarning, adapter_logger
 from choria_broker_adapters.output import OutputError, encode_output, message_id, output_subject
 from choria_broker_adapters.protocol import DecodeError, Envelope, decode
@@ -263,7 +269,9 @@ class StreamsAdapter:
             else:
                 await nc.close()
         except Exception as error:  # a drain that fails still leaves nothing to consume
-            self.log.warning("Ingest worker %s did not drain cleanly: %s", worker.name, _describe(error))
+            self.log.warning(
+                "Ingest worker %s did not drain cleanly: %s", worker.name, describe_exception(error)
+            )
             with contextlib.suppress(Exception):
                 await nc.close()
 
@@ -447,7 +455,9 @@ class StreamsAdapter:
         try:
             stream = await stream_for_subject(nc.jetstream(), probe)
         except Exception as error:  # start-up diagnostics must never stop publishing
-            self.log.warning("Could not ask JetStream which stream captures %s: %s", probe, _describe(error))
+            self.log.warning(
+                "Could not ask JetStream which stream captures %s: %s", probe, describe_exception(error)
+            )
             return
         if stream is None:
             self.log.warning(
@@ -545,8 +555,3 @@ class StreamsAdapter:
             metrics.published += 1
 
         return on_result
-
-
-def _describe(error: BaseException | Any) -> str:
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
