@@ -1,7 +1,7 @@
 """Decode and encode for the reference bridges.
 
 The bridges should spend exactly the same decode/encode work as the runtime, so they use the
-project's own functions (`choria_broker_adapters.protocol.decode`, `output.encode_output`,
+project's own functions (`choria_broker_adapters.codec.protocol.decode`, `output.encode_output`,
 `output.output_subject`, `output.message_id`). Should those fail to import, a small local
 stand-in handles what the benchmark sends (v1 requests) with the same output bytes;
 `IMPLEMENTATION` says which one is in use, and the harness reports it.
@@ -76,7 +76,7 @@ def _local_message_id(envelope: BenchEnvelope) -> str:
 def _project_codec() -> tuple[Any, Any, Any, Any, tuple[type[Exception], ...]] | str:
     """The project's decode/encode functions, or why they cannot be used."""
     try:
-        from choria_broker_adapters import output, protocol
+        from choria_broker_adapters.codec import output, protocol
     except Exception as error:  # missing, or mid-edit in a shared tree: use the stand-in
         return f"{type(error).__name__}: {error}"
 
@@ -103,4 +103,6 @@ if isinstance(_project, str):
     IMPLEMENTATION = f"bench-local stand-in (project protocol/output modules unusable: {_project})"
 else:
     decode, encode, subject, message_id, DecodeError = _project
-    IMPLEMENTATION = "choria_broker_adapters.protocol.decode + output.encode_output/output_subject/message_id"
+    IMPLEMENTATION = (
+        "choria_broker_adapters.codec.protocol.decode + output.encode_output/output_subject/message_id"
+    )

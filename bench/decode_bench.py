@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from choria_broker_adapters import jsonfast, protocol
-from choria_broker_adapters.output import encode_output, message_id, output_subject
-from choria_broker_adapters.protocol import decode
+from choria_broker_adapters.codec import jsonfast, protocol
+from choria_broker_adapters.codec.output import encode_output, message_id, output_subject
+from choria_broker_adapters.codec.protocol import decode
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "tests" / "data" / "protocol" / "examples"
 TARGET_EXAMPLE = "v1_registration_inventory_plain"

@@ -43,7 +43,7 @@ from bench.messages import (
     sender_name,
 )
 from bench.stats import cpu_ticks_from_stat, median_or_none, percentile, ratio, status_kib, stored_time_ns
-from choria_broker_adapters.natsserver import NatsServer
+from choria_broker_adapters.devtools.natsserver import NatsServer
 
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME_MODULE = REPO / "choria_broker_adapters" / "runtime.py"

@@ -17,8 +17,8 @@ import time
 
 import nats
 
-from choria_broker_adapters.jetstream import AckedPublisher
-from choria_broker_adapters.natsserver import NatsServer
+from choria_broker_adapters.devtools.natsserver import NatsServer
+from choria_broker_adapters.jetstream.publisher import AckedPublisher
 
 
 async def run_once(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from choria_broker_adapters.natsserver import NatsServer
+from choria_broker_adapters.devtools.natsserver import NatsServer
 
 DATA = Path(__file__).parent / "data"
 

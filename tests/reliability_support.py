@@ -19,10 +19,10 @@ from typing import Any
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from choria_broker_adapters.fleet import REGISTRATION_SUBJECT, registration_message, request_id
-from choria_broker_adapters.natsserver import NatsServer, free_port
-from choria_broker_adapters.output import OutputError, encode_output, message_id, output_subject
-from choria_broker_adapters.protocol import DecodeError, decode
+from choria_broker_adapters.codec.output import OutputError, encode_output, message_id, output_subject
+from choria_broker_adapters.codec.protocol import DecodeError, decode
+from choria_broker_adapters.devtools.fleet import REGISTRATION_SUBJECT, registration_message, request_id
+from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
 from tests.runtime_support import RuntimeProcess, broker_conf, wait_until
 
 ADAPTER = "registration"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from choria_broker_adapters.brokerconf import MAX_LINE_BYTES, Source, parse_text, read_config
+from choria_broker_adapters.config.brokerconf import MAX_LINE_BYTES, Source, parse_text, read_config
 
 SAMPLES = sorted((Path(__file__).parent / "data" / "config" / "samples").glob("*.conf"))
 

@@ -15,7 +15,8 @@ import nats.errors
 import pytest
 from nats.aio.client import Client, Server
 
-from choria_broker_adapters.connect import (
+from choria_broker_adapters.devtools.natsserver import NatsServer
+from choria_broker_adapters.transport.connect import (
     EVENT_DISCONNECTED,
     EVENT_RECONNECTED,
     RECONNECT_WAIT_MAX,
@@ -29,7 +30,6 @@ from choria_broker_adapters.connect import (
     tls_context,
     tls_files,
 )
-from choria_broker_adapters.natsserver import NatsServer
 from tests.tlsutil import Pki, make_ca, make_pki
 
 PASSWORD = "Sup3r-s3cret-pa55"  # distinctive, so a leak into logs is easy to find

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from choria_broker_adapters.demo import (
+from choria_broker_adapters.config.settings import load_settings
+from choria_broker_adapters.devtools.demo import (
     ADAPTER_NAME,
     EXIT_INTERRUPTED,
     Counts,
@@ -29,8 +30,7 @@ from choria_broker_adapters.demo import (
     progress_text,
     summary_text,
 )
-from choria_broker_adapters.fleet import REGISTRATION_SUBJECT
-from choria_broker_adapters.settings import load_settings
+from choria_broker_adapters.devtools.fleet import REGISTRATION_SUBJECT
 
 COMMAND = [sys.executable, "-m", "choria_broker_adapters", "demo"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -13,7 +13,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from choria_broker_adapters.jetstream import (
+from choria_broker_adapters.devtools.natsserver import NatsServer
+from choria_broker_adapters.jetstream.publisher import (
     AckedPublisher,
     PublishOutcome,
     PublishResult,
@@ -22,7 +23,6 @@ from choria_broker_adapters.jetstream import (
     no_stream_reason,
     stream_for_subject,
 )
-from choria_broker_adapters.natsserver import NatsServer
 
 _stream_numbers = itertools.count(1)
 

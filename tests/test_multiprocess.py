@@ -15,9 +15,10 @@ from typing import Any
 import nats
 import pytest
 
-from choria_broker_adapters import logs
-from choria_broker_adapters.fleet import REGISTRATION_SUBJECT, fleet
-from choria_broker_adapters.multiprocess import (
+from choria_broker_adapters.devtools.fleet import REGISTRATION_SUBJECT, fleet
+from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
+from choria_broker_adapters.process import logs
+from choria_broker_adapters.process.multiprocess import (
     LineReader,
     describe_exit,
     parse_child,
@@ -25,8 +26,13 @@ from choria_broker_adapters.multiprocess import (
     restart_delay,
     sum_adapter_states,
 )
-from choria_broker_adapters.natsserver import NatsServer, free_port
-from choria_broker_adapters.stats import AdapterCounters, Metrics, Snapshot, WorkerMetrics, merge_snapshots
+from choria_broker_adapters.process.stats import (
+    AdapterCounters,
+    Metrics,
+    Snapshot,
+    WorkerMetrics,
+    merge_snapshots,
+)
 from tests.runtime_support import RuntimeProcess, broker_conf, publish_paced, stored_request_ids, wait_until
 
 STREAM = "CHORIA_MULTI"

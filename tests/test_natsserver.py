@@ -7,7 +7,7 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.js.errors import ServiceUnavailableError
 
-from choria_broker_adapters.natsserver import NatsServer
+from choria_broker_adapters.devtools.natsserver import NatsServer
 
 
 async def test_jetstream_server_stores_and_survives_restart(jetstream_server: NatsServer) -> None:

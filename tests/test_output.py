@@ -1,4 +1,4 @@
-"""Output encoding, subject and message id (choria_broker_adapters.output).
+"""Output encoding, subject and message id (choria_broker_adapters.codec.output).
 
 Schema validation and the `time` mismatch (SPEC.md 13.4 item 6): the published adapter
 output schemas declare `time` an integer ("Unix time") while Go, and we, write an RFC 3339
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from choria_broker_adapters import jsonfast
-from choria_broker_adapters.output import (
+from choria_broker_adapters.codec import jsonfast
+from choria_broker_adapters.codec.output import (
     MAX_SUBJECT_BYTES,
     OutputError,
     encode_output,
@@ -31,7 +31,7 @@ from choria_broker_adapters.output import (
     output_protocol,
     output_subject,
 )
-from choria_broker_adapters.protocol import Envelope, decode
+from choria_broker_adapters.codec.protocol import Envelope, decode
 
 DATA = Path(__file__).parent / "data" / "protocol"
 SCHEMAS = DATA / "schemas" / "choria" / "adapters"

@@ -1,4 +1,4 @@
-"""Decoding (choria_broker_adapters.protocol): the reference vectors and examples, table tests
+"""Decoding (choria_broker_adapters.codec.protocol): the reference vectors and examples, table tests
 of the Go JSON rules, and hypothesis mutations of valid messages at every layer.
 
 Every test runs on both JSON backends (orjson fast path with precise fallback, and the
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from choria_broker_adapters import jsonfast
-from choria_broker_adapters.output import OutputError, encode_output
-from choria_broker_adapters.protocol import DecodeError, Envelope, decode
+from choria_broker_adapters.codec import jsonfast
+from choria_broker_adapters.codec.output import OutputError, encode_output
+from choria_broker_adapters.codec.protocol import DecodeError, Envelope, decode
 
 DATA = Path(__file__).parent / "data" / "protocol"
 VECTORS = json.loads((DATA / "vectors.json").read_text())["vectors"]
@@ -836,7 +836,7 @@ def test_arbitrary_transport_documents_only_raise_typed_errors(extra: Any, proto
 
 def outcomes_with_and_without_fast_path(payload: bytes, protocol: str, provider: str) -> tuple[Any, Any]:
     """all_outcomes() with the well-formed-message shortcut on, then off (the general decoder only)."""
-    import choria_broker_adapters.protocol as protocol_module
+    import choria_broker_adapters.codec.protocol as protocol_module
 
     saved = protocol_module.USE_FAST_PATH
     try:

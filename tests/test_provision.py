@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from choria_broker_adapters.provision import (
+from choria_broker_adapters.jetstream.plan import (
     Action,
     DesiredStream,
     SubjectDerivationError,

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from choria_broker_adapters.render import RenderError, render_broker_config
+from choria_broker_adapters.config.render import RenderError, render_broker_config
 
 pytestmark = [
     pytest.mark.puppet,
@@ -411,7 +411,7 @@ def test_injection_is_rejected_from_a_manifest_too(puppet_runs: dict[str, Puppet
 
 
 def test_module_defaults_match_the_python_renderer() -> None:
-    from choria_broker_adapters.render import MODULE_DEFAULTS
+    from choria_broker_adapters.config.render import MODULE_DEFAULTS
 
     common = yaml.safe_load((MODULE / "data" / "common.yaml").read_text())
     defaults = {

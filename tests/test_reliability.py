@@ -21,7 +21,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from choria_broker_adapters.natsserver import NatsServer
+from choria_broker_adapters.devtools.natsserver import NatsServer
 from tests.reliability_support import (
     ADAPTER,
     Expectation,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from choria_broker_adapters.render import RenderError, adapter_blocks, render_broker_config
+from choria_broker_adapters.config.render import RenderError, adapter_blocks, render_broker_config
 
 P = "choria::broker::"
 NODE_DATA: dict[str, Any] = {"type": "choria_streams", "ingest": {"topic": "choria.discovery"}}

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from choria_broker_adapters.render import render_broker_config
-from choria_broker_adapters.settings import ConfigError, load_settings
+from choria_broker_adapters.config.render import render_broker_config
+from choria_broker_adapters.config.settings import ConfigError, load_settings
 
 DATA = Path(__file__).parent / "data" / "render"
 P = "choria::broker::"

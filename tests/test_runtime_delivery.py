@@ -10,8 +10,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from choria_broker_adapters.fleet import REGISTRATION_SUBJECT, fleet
-from choria_broker_adapters.natsserver import NatsServer, free_port
+from choria_broker_adapters.devtools.fleet import REGISTRATION_SUBJECT, fleet
+from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
 from tests.runtime_support import (
     RuntimeProcess,
     broker_conf,

@@ -13,7 +13,7 @@ from typing import Any
 import nats
 import pytest
 
-from choria_broker_adapters.natsserver import NatsServer, free_port
+from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
 from tests.runtime_support import (
     RuntimeProcess,
     broker_conf,

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from choria_broker_adapters.brokerconf import RawConfig, parse_text
-from choria_broker_adapters.settings import (
+from choria_broker_adapters.config.brokerconf import RawConfig, parse_text
+from choria_broker_adapters.config.settings import (
     ConfigError,
     Settings,
     build_settings,

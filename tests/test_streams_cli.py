@@ -15,7 +15,7 @@ import nats
 import pytest
 
 from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, main
-from choria_broker_adapters.natsserver import NatsServer, free_port
+from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
 
 WEEK_NS = 7 * 24 * 3600 * 10**9
 ADAPTER = "plugin.choria.adapter"

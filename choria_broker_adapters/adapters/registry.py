@@ -22,7 +22,7 @@ class AdapterType:
         return getattr(importlib.import_module(module_name), attribute)
 
 
-_STREAMS = "choria_broker_adapters.adapters.streams:StreamsAdapter"
+_STREAMS = "choria_broker_adapters.adapters.choria_streams:StreamsAdapter"
 
 ADAPTER_TYPES: dict[str, AdapterType] = {
     adapter_type.name: adapter_type

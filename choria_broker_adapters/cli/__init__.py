@@ -8,14 +8,13 @@ Each sub-command is one module in this package exposing:
     def add_arguments(parser): ... argparse arguments of the command
     def run(args) -> int: ...      the exit status
 
-Modules are discovered, so adding a command is adding one module.
+A new command is one module plus one entry in `COMMANDS`, which is also the order of `--help`.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -24,15 +23,15 @@ from typing import TYPE_CHECKING
 from choria_broker_adapters import __version__
 
 if TYPE_CHECKING:
-    from choria_broker_adapters.settings import Settings
+    from choria_broker_adapters.config.settings import Settings
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: what service managers expect for a bad configuration
 
-# The order commands are listed in `--help`; discovered commands not named here follow.
-PREFERRED_ORDER = ("run", "check", "decode", "render", "streams", "demo")
+# Every command module, in the order `--help` lists them.
+COMMANDS = ("run", "check", "decode", "render", "streams", "demo")
 
 EPILOG = """\
 typical use:
@@ -46,7 +45,7 @@ exit status: 0 success, 1 failure, 2 usage error, 78 configuration error
 
 def load_settings_or_report(config: str) -> Settings | None:
     """The validated settings, or None after printing every configuration error to stderr."""
-    from choria_broker_adapters.settings import ConfigError, load_settings
+    from choria_broker_adapters.config.settings import ConfigError, load_settings
 
     try:
         return load_settings(config)
@@ -56,19 +55,7 @@ def load_settings_or_report(config: str) -> Settings | None:
 
 
 def _command_modules() -> list[ModuleType]:
-    modules = [
-        importlib.import_module(f"{__name__}.{info.name}")
-        for info in pkgutil.iter_modules(__path__)
-        if not info.name.startswith("_")
-    ]
-    commands = [m for m in modules if hasattr(m, "NAME") and hasattr(m, "run")]
-
-    def order(module: ModuleType) -> tuple[int, str]:
-        name = module.NAME
-        rank = PREFERRED_ORDER.index(name) if name in PREFERRED_ORDER else len(PREFERRED_ORDER)
-        return rank, name
-
-    return sorted(commands, key=order)
+    return [importlib.import_module(f"{__name__}.{name}") for name in COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,9 @@ import json
 import sys
 from typing import Any
 
-from choria_broker_adapters.brokerconf import Problem
 from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_OK
-from choria_broker_adapters.settings import (
+from choria_broker_adapters.config.brokerconf import Problem
+from choria_broker_adapters.config.settings import (
     ConfigError,
     Settings,
     format_duration,

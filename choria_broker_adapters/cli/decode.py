@@ -7,7 +7,7 @@ import sys
 from typing import BinaryIO
 
 from choria_broker_adapters.cli import EXIT_FAILURE, EXIT_OK
-from choria_broker_adapters.output import (
+from choria_broker_adapters.codec.output import (
     ADAPTER_TYPES,
     OutputError,
     encode_output,
@@ -15,7 +15,7 @@ from choria_broker_adapters.output import (
     message_id,
     output_subject,
 )
-from choria_broker_adapters.protocol import DecodeError, decode
+from choria_broker_adapters.codec.protocol import DecodeError, decode
 
 NAME = "decode"
 HELP = "decode one raw Choria message: print the subject and document it becomes, or why it is dropped"

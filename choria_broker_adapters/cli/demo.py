@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from choria_broker_adapters.demo import Demo, DemoOptions
+    from choria_broker_adapters.devtools.demo import Demo, DemoOptions
 
     options = DemoOptions(
         nodes=args.nodes,

@@ -7,10 +7,10 @@ import asyncio
 import logging
 import sys
 
-from choria_broker_adapters import logs
 from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_settings_or_report
-from choria_broker_adapters.multiprocess import parse_child, parse_processes
-from choria_broker_adapters.settings import Settings, tls_problems
+from choria_broker_adapters.config.settings import Settings, tls_problems
+from choria_broker_adapters.process import logs
+from choria_broker_adapters.process.multiprocess import parse_child, parse_processes
 
 NAME = "run"
 HELP = "run every configured adapter (the main job)"
@@ -97,14 +97,14 @@ def run(args: argparse.Namespace) -> int:
         debug=args.debug,
         process_index=child_index if child_index is not None else (0 if multiprocess else None),
     )
-    log = logging.getLogger("choria_broker_adapters.runtime")
+    log = logging.getLogger("choria_broker_adapters.process.runtime")
     if child_index is None:  # not again in every child
         for warning in settings.warnings:
             log.warning("Configuration: %s", warning)
 
-    from choria_broker_adapters.multiprocess import ChildSupervisor, SnapshotReporter
-    from choria_broker_adapters.runtime import Runtime, remove_pid_file, write_pid_file
-    from choria_broker_adapters.stats import Metrics
+    from choria_broker_adapters.process.multiprocess import ChildSupervisor, SnapshotReporter
+    from choria_broker_adapters.process.runtime import Runtime, remove_pid_file, write_pid_file
+    from choria_broker_adapters.process.stats import Metrics
 
     if args.child:
         runtime = Runtime(settings, disable_tls=args.disable_tls, reporter=SnapshotReporter(*args.child))
@@ -148,7 +148,7 @@ def _child_arguments(args: argparse.Namespace) -> list[str]:
 
 def _connection_problem(settings: Settings, *, disable_tls: bool) -> str | None:
     """Build every connection's options once, so unusable TLS or credentials stop us before connecting."""
-    from choria_broker_adapters.connect import ConnectConfigError, connect_options
+    from choria_broker_adapters.transport.connect import ConnectConfigError, connect_options
 
     server_sets = {settings.middleware_hosts} | {
         a.stream_servers for a in settings.adapters.values() if a.stream_servers

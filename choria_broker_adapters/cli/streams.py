@@ -16,20 +16,20 @@ import nats.errors
 from nats.aio.client import Client
 
 from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_settings_or_report
-from choria_broker_adapters.provision import (
-    StreamPlan,
-    SubjectDerivationError,
-    derive_subjects,
-    plan_streams,
-    uncaptured_subjects,
-)
-from choria_broker_adapters.settings import AdapterSettings, Settings
-from choria_broker_adapters.streams_admin import (
+from choria_broker_adapters.config.settings import AdapterSettings, Settings
+from choria_broker_adapters.jetstream.admin import (
     JetStreamAdminError,
     SetupOutcome,
     StreamStatus,
     apply_stream,
     stream_status,
+)
+from choria_broker_adapters.jetstream.plan import (
+    StreamPlan,
+    SubjectDerivationError,
+    derive_subjects,
+    plan_streams,
+    uncaptured_subjects,
 )
 
 NAME = "streams"
@@ -144,7 +144,7 @@ def group_by_servers(settings: Settings) -> tuple[list[ServerGroup], list[str]]:
 def connection_options(settings: Settings, servers: Sequence[str], disable_tls: bool) -> dict[str, Any]:
     """nats-py options for a one-shot admin connection: TLS/credentials as `run`, no reconnecting."""
     # Imported here so that `--help` and the other commands never depend on the connection layer.
-    from choria_broker_adapters.connect import connect_options
+    from choria_broker_adapters.transport.connect import connect_options
 
     name = f"choria-broker-adapters streams {settings.identity}".strip()
     options = connect_options(
@@ -161,7 +161,7 @@ class ConnectFailure(Exception):
 
 
 async def _connect(options: dict[str, Any]) -> Client:
-    from choria_broker_adapters.connect import describe_connect_error, describe_servers
+    from choria_broker_adapters.transport.connect import describe_connect_error, describe_servers
 
     failures: list[BaseException] = []
 

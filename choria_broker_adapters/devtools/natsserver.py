@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from choria_broker_adapters.lifecycle import stop_with_parent
+from choria_broker_adapters.process.lifecycle import stop_with_parent
 
 READY_MARKER = "Server is ready"
 

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from choria_broker_adapters.jsonfast import JSONInvalid
-from choria_broker_adapters.protocol import v1, v2
-from choria_broker_adapters.protocol.filter import check_filter_schema, decode_filter, is_empty_filter
-from choria_broker_adapters.protocol.gotypes import INT64_MAX, INT64_MIN
-from choria_broker_adapters.protocol.model import (
+from choria_broker_adapters.codec.jsonfast import JSONInvalid
+from choria_broker_adapters.codec.protocol import v1, v2
+from choria_broker_adapters.codec.protocol.filter import check_filter_schema, decode_filter, is_empty_filter
+from choria_broker_adapters.codec.protocol.gotypes import INT64_MAX, INT64_MIN
+from choria_broker_adapters.codec.protocol.model import (
     V1_REQUEST,
     V1_SECURE_REPLY,
     V1_SECURE_REQUEST,

@@ -26,7 +26,19 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from choria_broker_adapters.connect import (
+from choria_broker_adapters.codec.output import OutputError, encode_output, message_id, output_subject
+from choria_broker_adapters.codec.protocol import DecodeError, Envelope, decode
+from choria_broker_adapters.config.settings import AdapterSettings, Settings
+from choria_broker_adapters.jetstream.publisher import (
+    AckedPublisher,
+    PublishOutcome,
+    PublishResult,
+    describe_exception,
+    stream_for_subject,
+)
+from choria_broker_adapters.process.logs import RateLimitedWarning, adapter_logger
+from choria_broker_adapters.process.stats import Metrics, WorkerMetrics
+from choria_broker_adapters.transport.connect import (
     EVENT_DISCONNECTED,
     EVENT_ERROR,
     EVENT_SLOW_CONSUMER,
@@ -34,18 +46,6 @@ from choria_broker_adapters.connect import (
     connect_options,
     connect_with_backoff,
 )
-from choria_broker_adapters.jetstream import (
-    AckedPublisher,
-    PublishOutcome,
-    PublishResult,
-    describe_exception,
-    stream_for_subject,
-)
-from choria_broker_adapters.logs import RateLimitedWarning, adapter_logger
-from choria_broker_adapters.output import OutputError, encode_output, message_id, output_subject
-from choria_broker_adapters.protocol import DecodeError, Envelope, decode
-from choria_broker_adapters.settings import AdapterSettings, Settings
-from choria_broker_adapters.stats import Metrics, WorkerMetrics
 
 # Per ingest subscription: generous so bursts queue in the client rather than being cut as
 # slow-consumer drops (nats-py's defaults cost a quarter of an unpaced 200k burst here).

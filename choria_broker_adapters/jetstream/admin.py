@@ -20,7 +20,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
-from choria_broker_adapters.provision import (
+from choria_broker_adapters.jetstream.plan import (
     Action,
     DesiredStream,
     StreamChange,

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from choria_broker_adapters.adapters.registry import adapter_type
-from choria_broker_adapters.multiprocess import ChildSupervisor, SnapshotReporter, sum_adapter_states
-from choria_broker_adapters.settings import Settings
-from choria_broker_adapters.stats import Metrics, Snapshot, StatsServer
+from choria_broker_adapters.config.settings import Settings
+from choria_broker_adapters.process.multiprocess import ChildSupervisor, SnapshotReporter, sum_adapter_states
+from choria_broker_adapters.process.stats import Metrics, Snapshot, StatsServer
 
-log = logging.getLogger("choria_broker_adapters.runtime")
+log = logging.getLogger("choria_broker_adapters.process.runtime")
 
 
 class Runtime:

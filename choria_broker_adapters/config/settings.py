@@ -23,8 +23,8 @@ from typing import Any
 import voluptuous as vol
 
 from choria_broker_adapters.adapters.registry import ADAPTER_TYPES, RETIRED_TYPES, known_type_names
-from choria_broker_adapters.brokerconf import Problem, RawConfig, RawOption, Source, read_config
-from choria_broker_adapters.provision import derive_subjects, format_duration, subjects_problem
+from choria_broker_adapters.config.brokerconf import Problem, RawConfig, RawOption, Source, read_config
+from choria_broker_adapters.jetstream.plan import derive_subjects, format_duration, subjects_problem
 
 ADAPTERS_KEY = "plugin.choria.adapters"
 ADAPTER_PREFIX = "plugin.choria.adapter."

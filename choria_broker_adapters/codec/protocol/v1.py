@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from choria_broker_adapters.protocol.filter import check_filter_schema, decode_filter
-from choria_broker_adapters.protocol.gotypes import (
+from choria_broker_adapters.codec.protocol.filter import check_filter_schema, decode_filter
+from choria_broker_adapters.codec.protocol.gotypes import (
     go_int64,
     go_object,
     go_string,
@@ -19,7 +19,7 @@ from choria_broker_adapters.protocol.gotypes import (
     go_string_tuples,
     struct_fields,
 )
-from choria_broker_adapters.protocol.model import (
+from choria_broker_adapters.codec.protocol.model import (
     V1_REQUEST,
     V1_SECURE_REPLY,
     V1_SECURE_REQUEST,

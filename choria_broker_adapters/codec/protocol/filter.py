@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from choria_broker_adapters.protocol.gotypes import (
+from choria_broker_adapters.codec.protocol.gotypes import (
     go_list,
     go_object,
     go_string,
     go_string_list,
     struct_fields,
 )
-from choria_broker_adapters.protocol.model import DecodeError
+from choria_broker_adapters.codec.protocol.model import DecodeError
 
 FACT_OPERATORS = frozenset({">=", "<=", "<", ">", "!=", "==", "=~"})
 FILTER_FIELDS = frozenset({"fact", "cf_class", "agent", "identity", "compound"})

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from choria_broker_adapters.fleet import REGISTRATION_SUBJECT, fleet, node_name
-from choria_broker_adapters.natsserver import NatsServer, free_port
+from choria_broker_adapters.devtools.fleet import REGISTRATION_SUBJECT, fleet, node_name
+from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
 
 ADAPTER_NAME = "node_data"
 STREAM_TOPIC = "choria.node_metadata.%s"
@@ -470,9 +470,9 @@ class Demo:
                 signal.signal(signal.SIGTERM, previous_term)
 
     def _run(self) -> int:
-        from choria_broker_adapters import logs
-        from choria_broker_adapters.natsserver import NatsServerError
-        from choria_broker_adapters.settings import ConfigError, load_settings
+        from choria_broker_adapters.config.settings import ConfigError, load_settings
+        from choria_broker_adapters.devtools.natsserver import NatsServerError
+        from choria_broker_adapters.process import logs
 
         self.workdir = Path(tempfile.mkdtemp(prefix="cba-demo-"))
         monitor_port = free_port()
@@ -528,7 +528,7 @@ class Demo:
     async def _run_async(self, settings: Any, report: DemoReport) -> None:
         import nats
 
-        from choria_broker_adapters.runtime import Runtime
+        from choria_broker_adapters.process.runtime import Runtime
 
         loop = asyncio.get_running_loop()
         interrupted = asyncio.Event()
@@ -707,8 +707,8 @@ async def _pace(look: Callable[[], Counts], stopping: Callable[[], bool], show: 
 
 async def _setup_stream(nc: Any, settings: Any) -> tuple[str, tuple[str, ...]]:
     """Create the adapter's stream with the `streams setup` code; (name, subjects)."""
-    from choria_broker_adapters.provision import plan_streams
-    from choria_broker_adapters.streams_admin import JetStreamAdminError, apply_stream
+    from choria_broker_adapters.jetstream.admin import JetStreamAdminError, apply_stream
+    from choria_broker_adapters.jetstream.plan import plan_streams
 
     plan = plan_streams(settings.adapters.values())
     if plan.problems:
@@ -725,8 +725,8 @@ async def _setup_stream(nc: Any, settings: Any) -> tuple[str, tuple[str, ...]]:
 
 async def _read_stream(nc: Any, report: DemoReport) -> None:
     """Fill the stream's message and subject counts and one stored sample into the report."""
-    from choria_broker_adapters.output import output_subject
-    from choria_broker_adapters.streams_admin import stream_status
+    from choria_broker_adapters.codec.output import output_subject
+    from choria_broker_adapters.jetstream.admin import stream_status
 
     status = await stream_status(nc, report.stream)
     if status is None:

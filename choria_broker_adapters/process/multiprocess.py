@@ -28,10 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from choria_broker_adapters.lifecycle import stop_with_parent
-from choria_broker_adapters.stats import Metrics, Snapshot
+from choria_broker_adapters.process.lifecycle import stop_with_parent
+from choria_broker_adapters.process.stats import Metrics, Snapshot
 
-log = logging.getLogger("choria_broker_adapters.runtime")
+log = logging.getLogger("choria_broker_adapters.process.runtime")
 
 SNAPSHOT_INTERVAL_S = 1.0
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from choria_broker_adapters import __version__
 
-log = logging.getLogger("choria_broker_adapters.stats")
+log = logging.getLogger("choria_broker_adapters.process.stats")
 
 # Why a message was not stored. Each is a label value of choria_adapter_dropped_msgs.
 DROP_REASONS = ("decode", "subject", "encode", "queue_full", "publish", "shutdown_timeout", "slow_consumer")

@@ -22,8 +22,8 @@ import json
 import re
 from functools import lru_cache
 
-from choria_broker_adapters import jsonfast
-from choria_broker_adapters.protocol import Envelope
+from choria_broker_adapters.codec import jsonfast
+from choria_broker_adapters.codec.protocol import Envelope
 
 ADAPTER_TYPES = ("choria_streams", "jetstream")
 _PROTOCOLS = {name: f"choria:adapters:{name}:output:1" for name in ADAPTER_TYPES}

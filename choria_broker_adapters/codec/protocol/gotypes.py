@@ -16,8 +16,8 @@ from __future__ import annotations
 import binascii
 from typing import Any
 
-from choria_broker_adapters.jsonfast import GoObject, NeedPrecise
-from choria_broker_adapters.protocol.model import DecodeError
+from choria_broker_adapters.codec.jsonfast import GoObject, NeedPrecise
+from choria_broker_adapters.codec.protocol.model import DecodeError
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

@@ -368,7 +368,7 @@ def adapter_blocks(
 
 
 _ENVIRONMENT = jinja2.Environment(
-    loader=jinja2.PackageLoader("choria_broker_adapters", "templates"),
+    loader=jinja2.PackageLoader("choria_broker_adapters.config", "templates"),
     undefined=jinja2.StrictUndefined,
     autoescape=False,  # a config file, not HTML; values are validated to single lines instead
     keep_trailing_newline=True,

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from choria_broker_adapters import jsonfast
-from choria_broker_adapters.jsonfast import JSONInvalid, NeedPrecise
-from choria_broker_adapters.protocol import fastpath, v1, v2
-from choria_broker_adapters.protocol.gotypes import go_bytes, go_object, struct_fields
-from choria_broker_adapters.protocol.model import (
+from choria_broker_adapters.codec import jsonfast
+from choria_broker_adapters.codec.jsonfast import JSONInvalid, NeedPrecise
+from choria_broker_adapters.codec.protocol import fastpath, v1, v2
+from choria_broker_adapters.codec.protocol.gotypes import go_bytes, go_object, struct_fields
+from choria_broker_adapters.codec.protocol.model import (
     V1_SECURE_REPLY,
     V1_SECURE_REQUEST,
     V1_TRANSPORT,
