@@ -120,11 +120,11 @@ def test_metrics_export_children_and_keep_counts_of_replaced_children() -> None:
         gauges={"choria_adapter_queue_capacity": {"a": 1000.0}},
     )
     text = metrics.exposition().decode()
-    assert 'choria_adapter_received_msgs_total{identity="id",name="a.0",role="input"} 11.0' in text
+    assert 'choria_adapter_received_msgs{identity="id",name="a.0",role="input"} 11.0' in text
     assert 'choria_adapter_queue_capacity{identity="id",name="a"} 2000.0' in text
     metrics.retire_peer(1)  # the child died: its counts stay, its queue is gone
     text = metrics.exposition().decode()
-    assert 'choria_adapter_received_msgs_total{identity="id",name="a.0",role="input"} 11.0' in text
+    assert 'choria_adapter_received_msgs{identity="id",name="a.0",role="input"} 11.0' in text
     assert 'choria_adapter_queue_capacity{identity="id",name="a"} 1000.0' in text
 
 
@@ -261,11 +261,11 @@ async def test_two_processes_share_the_flow_survive_a_child_crash_and_stop_clean
         await wait_until(lambda: _equals(count_stored(jetstream.url), batch), 30, f"{batch} stored")
         # The children report once a second: wait until the totals include them.
         await wait_until(
-            lambda: _true(metric_total(port, "choria_adapter_received_msgs_total", "input") == batch),
+            lambda: _true(metric_total(port, "choria_adapter_received_msgs", "input") == batch),
             10,
             "totals",
         )
-        assert metric_total(port, "choria_adapter_published_msgs_total", "output") == batch
+        assert metric_total(port, "choria_adapter_published_msgs", "output") == batch
         shares = [p["adapters"][0]["counts"]["received"] for p in status(port)["processes"]]
         assert sum(shares) == batch and all(share > 0 for share in shares), shares
 

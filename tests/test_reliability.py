@@ -22,6 +22,7 @@ import nats
 import pytest
 
 from choria_broker_adapters.devtools.natsserver import NatsServer
+from choria_broker_adapters.process.stats import DROP_REASONS
 from tests.reliability_support import (
     ADAPTER,
     Expectation,
@@ -45,7 +46,6 @@ from tests.runtime_support import wait_until
 pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
-DROP_REASONS = ("decode", "subject", "encode", "queue_full", "publish", "shutdown_timeout", "slow_consumer")
 
 
 @pytest.fixture
@@ -327,7 +327,7 @@ async def test_jetstream_down_past_retry_budget_drops_counted_then_recovers(
     assert runtime.alive()
     metrics = await runtime.prometheus()
     labels = f'identity="adapter1.example.net",name="{ADAPTER}",reason="publish"'
-    series = f"choria_adapter_dropped_msgs_total{{{labels}}}"
+    series = f"choria_adapter_dropped_msgs{{{labels}}}"
     assert f"{series} {float(len(during))}" in metrics
     log = runtime.process.log_text()
     drop_line = next(line for line in log.splitlines() if "Could not publish to JetStream" in line)

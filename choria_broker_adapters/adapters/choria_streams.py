@@ -305,6 +305,7 @@ class StreamsAdapter:
                 "duplicates": self._adapter_counts.duplicates,
                 "retries": self._adapter_counts.retries,
                 **{f"dropped_{reason}": count for reason, count in self._adapter_counts.dropped.items()},
+                **{f"restarts_{side}": count for side, count in self._adapter_counts.restarts.items()},
             },
         )
 

@@ -5,6 +5,10 @@ Series and labels follow go-choria broker/adapter/stats (config/SPEC.md section 
 `choria_adapter_queue_{length,capacity}{name="NAME",identity}`. Unlike the Go broker,
 `choria_adapter_published_msgs` counts JetStream acknowledgements, and what could not be
 stored is counted by reason in `choria_adapter_dropped_msgs`.
+
+Counters are exposed under their bare names (`# TYPE choria_adapter_received_msgs counter`,
+no `_total`), as the Go client library writes the text format: prometheus-client's own text
+writer appends `_total` to every counter, so `text_exposition` writes the format itself.
 """
 
 from __future__ import annotations
@@ -18,17 +22,30 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, astuple, dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from choria_broker_adapters import __version__
 
 log = logging.getLogger("choria_broker_adapters.process.stats")
 
 # Why a message was not stored. Each is a label value of choria_adapter_dropped_msgs.
-DROP_REASONS = ("decode", "subject", "encode", "queue_full", "publish", "shutdown_timeout", "slow_consumer")
+DROP_REASONS = (
+    "decode",
+    "subject",
+    "encode",
+    "queue_full",
+    "publish",
+    "unconfirmed",
+    "shutdown_timeout",
+    "slow_consumer",
+    "internal",
+)
+# The two kinds of worker a supervisor restarts; label values of choria_adapter_worker_restarts.
+WORKER_SIDES = ("ingest", "stream")
 
 
 @dataclass(slots=True)
@@ -51,11 +68,13 @@ class WorkerMetrics:
 
 @dataclass(slots=True)
 class AdapterCounters:
-    """Per-adapter counts that are not per worker: retries, duplicates and drops by reason."""
+    """Per-adapter counts that are not per worker: retries, duplicates, drops by reason and
+    worker restarts by side."""
 
     retries: int = 0
     duplicates: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WORKER_SIDES, 0))
 
 
 class _AdapterCollector(Collector):
@@ -66,60 +85,79 @@ class _AdapterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         identity = self.metrics.identity
-        worker_labels = ["name", "role", "identity"]
         families = {
-            "received": CounterMetricFamily(
-                "choria_adapter_received_msgs", "Messages received by the adapter", labels=worker_labels
+            "received": Metric("choria_adapter_received_msgs", "Messages received by the adapter", "counter"),
+            "published": Metric(
+                "choria_adapter_published_msgs", "Messages published and acknowledged by JetStream", "counter"
             ),
-            "published": CounterMetricFamily(
-                "choria_adapter_published_msgs",
-                "Messages published and acknowledged by JetStream",
-                labels=worker_labels,
-            ),
-            "errors": CounterMetricFamily(
-                "choria_adapter_errors", "Errors encountered by the adapter", labels=worker_labels
-            ),
-            "bytes": CounterMetricFamily(
-                "choria_adapter_bytes", "Bytes received or published by the adapter", labels=worker_labels
-            ),
+            "errors": Metric("choria_adapter_errors", "Errors encountered by the adapter", "counter"),
+            "bytes": Metric("choria_adapter_bytes", "Bytes received or published by the adapter", "counter"),
         }
-        time = SummaryMetricFamily(
-            "choria_adapter_time", "Time taken to handle a message", labels=worker_labels
-        )
+        time = Metric("choria_adapter_time", "Time taken to handle a message", "summary")
         for (worker, role), counters in self.metrics.all_workers().items():
-            labels = [worker, role, identity]
+            labels = {"name": worker, "role": role, "identity": identity}
             for attribute, family in families.items():
-                family.add_metric(labels, getattr(counters, attribute))
-            time.add_metric(labels, count_value=counters.time_count, sum_value=counters.time_sum)
+                family.add_sample(family.name, labels, getattr(counters, attribute))
+            time.add_sample("choria_adapter_time_sum", labels, counters.time_sum)
+            time.add_sample("choria_adapter_time_count", labels, counters.time_count)
         yield from families.values()
         yield time
 
-        adapter_labels = ["name", "identity"]
-        retries = CounterMetricFamily(
-            "choria_adapter_retries", "JetStream publish attempts that were retried", labels=adapter_labels
-        )
-        duplicates = CounterMetricFamily(
+        retries = Metric("choria_adapter_retries", "JetStream publish attempts that were retried", "counter")
+        duplicates = Metric(
             "choria_adapter_duplicate_msgs",
             "Publishes JetStream reported as duplicates of a stored message (a retry after a lost ack)",
-            labels=adapter_labels,
+            "counter",
         )
-        dropped = CounterMetricFamily(
-            "choria_adapter_dropped_msgs",
-            "Messages received but not stored, by reason",
-            labels=["name", "reason", "identity"],
+        dropped = Metric(
+            "choria_adapter_dropped_msgs", "Messages received but not stored, by reason", "counter"
+        )
+        restarts = Metric(
+            "choria_adapter_worker_restarts",
+            "Workers restarted by their supervisor after an unexpected error, by side",
+            "counter",
         )
         for adapter, counters in self.metrics.all_adapters().items():
-            retries.add_metric([adapter, identity], counters.retries)
-            duplicates.add_metric([adapter, identity], counters.duplicates)
+            labels = {"name": adapter, "identity": identity}
+            retries.add_sample(retries.name, labels, counters.retries)
+            duplicates.add_sample(duplicates.name, labels, counters.duplicates)
             for reason, count in counters.dropped.items():
-                dropped.add_metric([adapter, reason, identity], count)
-        yield from (retries, duplicates, dropped)
+                dropped.add_sample(
+                    dropped.name, {"name": adapter, "reason": reason, "identity": identity}, count
+                )
+            for side, count in counters.restarts.items():
+                restarts.add_sample(
+                    restarts.name, {"name": adapter, "side": side, "identity": identity}, count
+                )
+        yield from (retries, duplicates, dropped, restarts)
 
         for gauge in (self.metrics.queue_length, self.metrics.queue_capacity, self.metrics.in_flight):
-            family = GaugeMetricFamily(gauge.name, gauge.documentation, labels=adapter_labels)
+            family = GaugeMetricFamily(gauge.name, gauge.documentation, labels=["name", "identity"])
             for adapter, value in self.metrics.gauge_totals(gauge).items():
                 family.add_metric([adapter, identity], value)
             yield family
+
+
+def _escape_label_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def text_exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text format (0.0.4) as the Go client writes it: family names as given,
+    counters without a `_total` suffix, labels sorted."""
+    lines: list[str] = []
+    for family in registry.collect():
+        kind = "untyped" if family.type == "unknown" else family.type
+        documentation = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        lines.append(f"# HELP {family.name} {documentation}")
+        lines.append(f"# TYPE {family.name} {kind}")
+        for sample in family.samples:
+            labels = ",".join(
+                f'{key}="{_escape_label_value(value)}"' for key, value in sorted(sample.labels.items())
+            )
+            series = f"{sample.name}{{{labels}}}" if labels else sample.name
+            lines.append(f"{series} {floatToGoString(sample.value)}")
+    return ("\n".join(lines) + "\n").encode()
 
 
 class AdapterGauge:
@@ -187,7 +225,7 @@ class Metrics:
         return self.adapters.setdefault(name, AdapterCounters())
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return text_exposition(self.registry)
 
     def snapshot(self) -> Snapshot:
         """This process's counters and gauges, to be sent to the parent process."""
@@ -248,7 +286,12 @@ class Snapshot:
         return cls(
             workers={(row[0], row[1]): WorkerMetrics(*row[2:]) for row in document.get("workers", [])},
             adapters={
-                name: AdapterCounters(counters["retries"], counters["duplicates"], dict(counters["dropped"]))
+                name: AdapterCounters(
+                    counters["retries"],
+                    counters["duplicates"],
+                    dict(counters["dropped"]),
+                    dict(counters.get("restarts", {})),
+                )
                 for name, counters in document.get("adapters", {}).items()
             },
             gauges={name: dict(values) for name, values in document.get("gauges", {}).items()},
@@ -274,6 +317,8 @@ def merge_snapshots(snapshots: list[Snapshot]) -> Snapshot:
             target.duplicates += adapter.duplicates
             for reason, count in adapter.dropped.items():
                 target.dropped[reason] = target.dropped.get(reason, 0) + count
+            for side, count in adapter.restarts.items():
+                target.restarts[side] = target.restarts.get(side, 0) + count
         for gauge, values in snapshot.gauges.items():
             gauge_total = total.gauges.setdefault(gauge, {})
             for adapter, value in values.items():
@@ -286,7 +331,9 @@ def _copy_worker(counters: WorkerMetrics) -> WorkerMetrics:
 
 
 def _copy_adapter(counters: AdapterCounters) -> AdapterCounters:
-    return AdapterCounters(counters.retries, counters.duplicates, dict(counters.dropped))
+    return AdapterCounters(
+        counters.retries, counters.duplicates, dict(counters.dropped), dict(counters.restarts)
+    )
 
 
 def process_summary() -> dict[str, Any]:
