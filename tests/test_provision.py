@@ -256,6 +256,8 @@ DEFAULT_STREAM = plan_streams([StandInAdapter()]).streams[0]
         ({"retention": "interest"}, ["retention interest → limits"]),
         ({"storage": "memory"}, ["storage memory → file (refused)"]),
         ({"retention": "workqueue"}, ["retention workqueue → limits (refused)"]),
+        ({"allow_direct": False}, ["allow_direct off → on"]),
+        ({"allow_direct": None}, ["allow_direct off → on"]),
     ],
 )
 def test_diff_classifies_each_change(overrides: dict[str, Any], expected: list[str]) -> None:

@@ -13,7 +13,8 @@ Decisions documented here because operators meet them as messages:
   with the adapters and values named. Merging is what operators expect from "these adapters
   all feed CHORIA_REGISTRATION"; silently picking one adapter's max_age would not be.
 * Only the fields the configuration describes are managed (subjects, max_age, storage,
-  replicas, max_msgs_per_subject, duplicate_window, retention=limits, discard=old). An update
+  replicas, max_msgs_per_subject, duplicate_window, retention=limits, discard=old, and
+  allow_direct=true, which `nodes` needs to read each node's last message in batches). An update
   starts from the stream's current configuration, so settings made by hand elsewhere
   (description, compression, max_bytes, ...) survive.
 * Changes JetStream cannot make in place (verified against nats-server 2.15.1): the storage
@@ -203,6 +204,7 @@ class DesiredStream:
     adapters: tuple[str, ...] = ()
     retention: str = "limits"
     discard: str = "old"
+    allow_direct: bool = True
 
     @property
     def effective_duplicate_window(self) -> float:
@@ -223,6 +225,7 @@ class DesiredStream:
             "max_msgs_per_subject": self.max_msgs_per_subject,
             "duplicate_window": _to_nanoseconds(self.effective_duplicate_window),
             "discard": self.discard,
+            "allow_direct": self.allow_direct,
         }
 
     def create_config(self) -> dict[str, Any]:
@@ -445,6 +448,8 @@ def describe_value(field_name: str, value: Any) -> str:
         return "unlimited" if value <= 0 else str(value)
     if field_name == "subjects":
         return ", ".join(value) if value else "(none)"
+    if field_name == "allow_direct":
+        return "on" if value else "off"
     return str(value)
 
 
@@ -479,6 +484,8 @@ def _from_api_value(field_name: str, value: Any) -> Any:
         return tuple(value or ())
     if field_name == "max_msgs_per_subject":
         return -1 if (value or 0) <= 0 else value
+    if field_name == "allow_direct":
+        return bool(value)
     return value
 
 
