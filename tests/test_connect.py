@@ -46,6 +46,9 @@ class StandInSettings:
     file_certificate: str | None = None
     file_key: str | None = None
     file_ca: str | None = None
+    choria_certificate: str | None = None
+    choria_key: str | None = None
+    choria_ca: str | None = None
     nats_user: str | None = None
     nats_password: str | None = None
     nats_credentials: str | None = None
@@ -179,6 +182,12 @@ def test_jittered_reconnect_prefers_the_least_failed_server() -> None:
             StandInSettings(security_provider="file", file_certificate="/c", file_key="/k", file_ca="/ca"),
             ("/c", "/k", "/ca"),
         ),
+        (
+            StandInSettings(
+                security_provider="choria", choria_certificate="/v2c", choria_key="/v2k", choria_ca="/v2ca"
+            ),
+            ("/v2c", "/v2k", "/v2ca"),
+        ),
     ],
 )
 def test_tls_files_per_provider(settings: StandInSettings, expected: tuple[str, str, str]) -> None:
@@ -190,7 +199,11 @@ def test_tls_files_per_provider(settings: StandInSettings, expected: tuple[str, 
     ("settings", "message"),
     [
         (StandInSettings(security_provider="file", file_certificate="/c"), "plugin.security.file.key"),
-        (StandInSettings(security_provider="choria"), "provider 'choria'"),
+        (
+            StandInSettings(security_provider="choria", choria_key="/k"),
+            "plugin.security.choria.certificate, plugin.security.choria.ca",
+        ),
+        (StandInSettings(security_provider="pkcs11"), "provider 'pkcs11'"),
         (StandInSettings(ssldir=""), "plugin.choria.ssldir"),
     ],
 )

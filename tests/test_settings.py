@@ -54,6 +54,22 @@ def test_go_defaults() -> None:
     assert adapter.sources["ingest.topic"] == f"{FILE}:5"
 
 
+def test_choria_provider_reads_its_tls_files_and_decodes_protocol_v2() -> None:
+    settings = build(
+        BASE
+        + "plugin.security.provider = choria\nplugin.security.choria.certificate = /v2/cert.pem\n"
+        + "plugin.security.choria.key = /v2/key.pem\nplugin.security.choria.ca = /v2/ca.pem\n"
+    )
+    assert settings.protocol_version == 2
+    assert settings.tls_files() == {
+        "certificate": ("/v2/cert.pem", "plugin.security.choria.certificate"),
+        "key": ("/v2/key.pem", "plugin.security.choria.key"),
+        "ca": ("/v2/ca.pem", "plugin.security.choria.ca"),
+    }
+    described = {key: (value, source) for key, value, source in settings.describe()}
+    assert described["plugin.security.choria.ca"] == ("/v2/ca.pem", f"{FILE}:10")
+
+
 def test_ingest_protocol_defaults_to_reply() -> None:
     text = BASE.replace("plugin.choria.adapter.node_data.ingest.protocol = request\n", "")
     assert build(text).adapters["node_data"].ingest_protocol == "reply"
@@ -157,6 +173,13 @@ ERRORS = [
     (BASE + "plugin.choria.stats_port = 8222x\n", 7, "plugin.choria.stats_port", "not a whole number"),
     (BASE + "plugin.security.provider = pkcs11\n", 7, "plugin.security.provider", "does not support"),
     (BASE + "plugin.security.provider = file\n", 0, "plugin.security.file.certificate", "needs the TLS"),
+    (
+        BASE + "plugin.security.provider = choria\nplugin.security.choria.certificate = /c.pem\n"
+        "plugin.security.choria.key = /k.pem\n",
+        0,
+        "plugin.security.choria.ca",
+        "the choria security provider needs the TLS ca",
+    ),
     (BASE + f"{A}stream.type = choria_streams\n", 7, f"{A}stream.type", "disagrees with"),
 ]
 

@@ -394,6 +394,9 @@ class Settings:
     file_certificate: str | None
     file_key: str | None
     file_ca: str | None
+    choria_certificate: str | None
+    choria_key: str | None
+    choria_ca: str | None
     nats_user: str | None
     nats_password: str | None = field(repr=False)
     nats_credentials: str | None
@@ -411,14 +414,15 @@ class Settings:
 
     def tls_files(self) -> dict[str, tuple[str, str]]:
         """role → (path, the key that sets it) for the client certificate, key and CA."""
-        if self.security_provider == "file":
+        if self.security_provider in {"file", "choria"}:
+            # Both providers name the three files explicitly, each under its own key prefix.
+            paths = {
+                "file": (self.file_certificate, self.file_key, self.file_ca),
+                "choria": (self.choria_certificate, self.choria_key, self.choria_ca),
+            }[self.security_provider]
             return {
-                role: (path or "", f"plugin.security.file.{role}")
-                for role, path in (
-                    ("certificate", self.file_certificate),
-                    ("key", self.file_key),
-                    ("ca", self.file_ca),
-                )
+                role: (path or "", f"plugin.security.{self.security_provider}.{role}")
+                for role, path in zip(("certificate", "key", "ca"), paths, strict=True)
             }
         if self.security_provider == "puppet":
             ssldir = Path(self.ssldir)
@@ -461,7 +465,7 @@ class Settings:
                 ("plugin.choria.ssldir", self.ssldir, self.sources.get("plugin.choria.ssldir", DEFAULT))
             )
         for role, (path, key) in self.tls_files().items():
-            if self.security_provider == "file":
+            if self.security_provider in {"file", "choria"}:
                 rows.append((key, path, self.sources.get(key, DEFAULT)))
             else:
                 rows.append((f"(tls {role})", path, "derived from plugin.choria.ssldir and identity"))
@@ -574,6 +578,9 @@ def build_settings(
         file_certificate=build.value("plugin.security.file.certificate", str, None),
         file_key=build.value("plugin.security.file.key", str, None),
         file_ca=build.value("plugin.security.file.ca", str, None),
+        choria_certificate=build.value("plugin.security.choria.certificate", str, None),
+        choria_key=build.value("plugin.security.choria.key", str, None),
+        choria_ca=build.value("plugin.security.choria.ca", str, None),
         nats_user=build.value("plugin.nats.user", str, None, env="MCOLLECTIVE_NATS_USERNAME"),
         nats_password=build.value("plugin.nats.pass", str, None, env="MCOLLECTIVE_NATS_PASSWORD"),
         nats_credentials=build.value(
@@ -586,10 +593,14 @@ def build_settings(
         warnings=tuple(build.warnings),
         sources=build.sources,
     )
-    if settings.security_provider == "file":
+    if settings.security_provider in {"file", "choria"}:
         for role, (path, key) in settings.tls_files().items():
             if not path:
-                build.error(f"the file security provider needs the TLS {role}: set {key} = <path>", key)
+                build.error(
+                    f"the {settings.security_provider} security provider needs the TLS {role}: "
+                    f"set {key} = <path>",
+                    key,
+                )
     if (settings.nats_user is None) != (settings.nats_password is None):
         missing = "plugin.nats.pass" if settings.nats_password is None else "plugin.nats.user"
         build.warn(

@@ -127,25 +127,18 @@ class TLSFiles:
 
 
 def tls_files(settings: Any) -> TLSFiles:
-    """Certificate, key and CA paths for the security provider (`puppet` ssldir layout or `file`)."""
+    """Certificate, key and CA paths for the security provider: the `puppet` ssldir layout, or
+    the three files `file` (protocol v1) and `choria` (protocol v2) name explicitly."""
     provider = getattr(settings, "security_provider", "puppet")
-    if provider == "file":
-        missing = [
-            f"plugin.security.file.{role}"
-            for role, value in (
-                ("certificate", settings.file_certificate),
-                ("key", settings.file_key),
-                ("ca", settings.file_ca),
-            )
-            if not value
-        ]
+    if provider in {"file", "choria"}:
+        paths = {role: getattr(settings, f"{provider}_{role}", None) for role in ("certificate", "key", "ca")}
+        missing = [f"plugin.security.{provider}.{role}" for role, value in paths.items() if not value]
         if missing:
             raise ConnectConfigError(
-                f"the file security provider needs {', '.join(missing)} for TLS (or run with --disable-tls)"
+                f"the {provider} security provider needs {', '.join(missing)} for TLS "
+                "(or run with --disable-tls)"
             )
-        return TLSFiles(
-            settings.file_certificate, settings.file_key, settings.file_ca, "plugin.security.file.*"
-        )
+        return TLSFiles(paths["certificate"], paths["key"], paths["ca"], f"plugin.security.{provider}.*")
     if provider == "puppet":
         if not settings.ssldir:
             raise ConnectConfigError("the puppet security provider needs plugin.choria.ssldir for TLS")
@@ -158,7 +151,8 @@ def tls_files(settings: Any) -> TLSFiles:
             f"plugin.choria.ssldir {ssldir} for identity {certname}",
         )
     raise ConnectConfigError(
-        f"security provider {provider!r} has no TLS file layout here; use puppet or file (or --disable-tls)"
+        f"security provider {provider!r} has no TLS file layout here; "
+        "use puppet, file or choria (or --disable-tls)"
     )
 
 
