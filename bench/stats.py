@@ -1,10 +1,13 @@
-"""Pure helpers of the benchmark: percentiles, medians, /proc parsing, JetStream metadata."""
+"""Pure helpers of the benchmark: percentiles, medians, /proc parsing, JetStream metadata, rates."""
 
 from __future__ import annotations
 
+import calendar
 import math
 import statistics
+import time
 from collections.abc import Sequence
+from typing import Any
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -60,3 +63,51 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return numerator / denominator
+
+
+def rfc3339_ns(text: str) -> int:
+    """Unix time in ns of a UTC RFC 3339 timestamp as JetStream writes it (up to 9 fraction digits)."""
+    if not text.endswith("Z"):
+        raise ValueError(f"expected a UTC timestamp ending in Z, got {text!r}")
+    whole, _, fraction = text[:-1].partition(".")
+    if len(fraction) > 9 or (fraction and not fraction.isdigit()):
+        raise ValueError(f"bad fraction of a second in {text!r}")
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return seconds * 1_000_000_000 + int(fraction.ljust(9, "0") or 0)
+
+
+def per_10k(value: float | None, messages: int) -> float | None:
+    """`value` (CPU seconds) per 10,000 messages; None when nothing was measured."""
+    if value is None or messages <= 0:
+        return None
+    return value * 10_000 / messages
+
+
+def relative_rate(capacity_msgs_per_s: float, fraction: float) -> float:
+    """The paced rate: a fraction of a measured capacity, rounded to 10 msgs/s (at least 10)."""
+    return max(10.0, round(capacity_msgs_per_s * fraction, -1))
+
+
+def publish_modes(document: Any) -> list[str]:
+    """The publish modes ("batched"/"acked") a /choria/ status document names, sorted, unique.
+
+    Searched by value anywhere under a key mentioning "publish", so the figure does not depend on
+    where in the document the runtime reports it.
+    """
+    found: set[str] = set()
+
+    def visit(node: Any, under_publish: bool) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                visit(value, under_publish or "publish" in str(name))
+        elif isinstance(node, list):
+            for item in node:
+                visit(item, under_publish)
+        elif isinstance(node, str) and under_publish and node in PUBLISH_MODES:
+            found.add(node)
+
+    visit(document, False)
+    return sorted(found)
+
+
+PUBLISH_MODES = ("acked", "batched")
