@@ -10,6 +10,11 @@ worker whose window has room (an unbuffered hand-over, saving a task switch per 
 Stream workers, one connection each, encode the output document and hand it to an
 acknowledged, windowed publisher that retries with the same Nats-Msg-Id. Every message
 received is either stored or counted under a drop reason.
+
+Supervision: an unexpected exception while handling one message counts that message under
+`internal` and the worker carries on; an exception that ends a worker (connecting,
+subscribing, its publish loop) counts the message it held under `internal`, and the worker is
+restarted with backoff, counted in `restarts_<side>` and `choria_adapter_worker_restarts`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +38,7 @@ from choria_broker_adapters.jetstream.publisher import (
     AckedPublisher,
     PublishOutcome,
     PublishResult,
+    backoff_delay,
     describe_exception,
     stream_for_subject,
 )
@@ -53,6 +59,13 @@ PENDING_MSGS_LIMIT = 1_000_000
 PENDING_BYTES_LIMIT = 256 * 1024 * 1024
 # How long a stopping ingest worker keeps listening after unsubscribing (see _stop_interest).
 UNSUBSCRIBE_LINGER = 0.25
+# Restart backoff of a failed worker (seconds): the first restart is quick, a worker that keeps
+# failing is retried at most this often. A run longer than the maximum resets the backoff.
+RESTART_BACKOFF_INITIAL = 0.5
+RESTART_BACKOFF_MAX = 30.0
+
+Connect = Callable[..., Awaitable[Client | None]]
+Decode = Callable[..., Envelope]
 
 
 class WorkQueue:
@@ -101,6 +114,9 @@ class _StreamWorker:
     nc: Client | None = None
     publisher: AckedPublisher | None = None
     task: asyncio.Task[None] | None = None
+    running: bool = False  # its publish loop is taking messages
+    held: Envelope | None = None  # taken from the queue, not yet in the publisher's window
+    failure: BaseException | None = None  # set by whoever cancels the task because it failed
 
 
 @dataclass
@@ -137,11 +153,18 @@ class StreamsAdapter:
         metrics: Metrics,
         *,
         disable_tls: bool = False,
+        connect: Connect = connect_with_backoff,
+        decode_message: Decode = decode,
+        publisher_factory: Callable[..., AckedPublisher] = AckedPublisher,
     ) -> None:
+        """`connect`, `decode_message` and `publisher_factory` are seams for fault-injection tests."""
         self.adapter = adapter
         self.broker = broker
         self.metrics = metrics
         self.disable_tls = disable_tls
+        self._connect_client = connect
+        self._decode = decode_message
+        self._publisher_factory = publisher_factory
         self.name = adapter.name
         self.log = adapter_logger(self.name)
         self.queue = WorkQueue(adapter.queue_len)
@@ -188,23 +211,86 @@ class StreamsAdapter:
                 ", ".join(self.broker.middleware_hosts),
             )
         for worker in self._stream:
-            worker.task = self._supervised(self._run_stream_worker(worker), "stream", worker.index)
+            worker.task = self._supervised(
+                lambda worker=worker: self._run_stream_worker(worker), "stream", worker
+            )
         for ingest in self._ingest:
-            ingest.task = self._supervised(self._run_ingest_worker(ingest), "ingest", ingest.index)
+            ingest.task = self._supervised(
+                lambda ingest=ingest: self._run_ingest_worker(ingest), "ingest", ingest
+            )
 
-    def _supervised(self, work: Coroutine[Any, Any, None], side: str, index: int) -> asyncio.Task[None]:
-        """Run a worker; a crash is logged with the adapter and worker named, never swallowed."""
-        log = adapter_logger(self.name, side, index)
+    def _supervised(
+        self,
+        work: Callable[[], Coroutine[Any, Any, None]],
+        side: str,
+        worker: _StreamWorker | _IngestWorker,
+    ) -> asyncio.Task[None]:
+        """Run a worker, restarting it with backoff when it fails; its held message is counted."""
+        log = adapter_logger(self.name, side, worker.index)
 
         async def supervise() -> None:
-            try:
-                await work
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("Worker %s.%d of adapter %s failed and stopped", side, index, self.name)
+            attempt = 0
+            while not self._stopping.is_set():
+                started = time.monotonic()
+                try:
+                    await work()
+                    return
+                except asyncio.CancelledError:
+                    if isinstance(worker, _IngestWorker) or worker.failure is None:
+                        raise  # stopping
+                    error: BaseException = worker.failure
+                except Exception as exception:
+                    error = exception
+                if isinstance(worker, _StreamWorker):
+                    worker.failure = None
+                attempt = 1 if time.monotonic() - started > RESTART_BACKOFF_MAX else attempt + 1
+                delay = backoff_delay(attempt, RESTART_BACKOFF_INITIAL, RESTART_BACKOFF_MAX)
+                held = self._worker_failed(worker, side)
+                self._adapter_counts.restarts[side] += 1
+                log.error(
+                    "Worker %s.%d of adapter %s failed (%s); %srestarting it in %.1fs",
+                    side,
+                    worker.index,
+                    self.name,
+                    describe_exception(error),
+                    'the message it held is counted under choria_adapter_dropped_msgs{reason="internal"}; '
+                    if held
+                    else "",
+                    delay,
+                    exc_info=(type(error), error, error.__traceback__),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
 
-        return asyncio.create_task(supervise(), name=f"{side} {self.name}.{index}")
+        return asyncio.create_task(supervise(), name=f"{side} {self.name}.{worker.index}")
+
+    def _worker_failed(self, worker: _StreamWorker | _IngestWorker, side: str) -> bool:
+        """Take a failed worker out of service; True when it held a message (counted as internal)."""
+        if isinstance(worker, _IngestWorker):
+            worker.subscribed = False
+            worker.subscription = None
+            if worker.nc is not None and not worker.nc.is_closed:
+                # A fresh connection on restart; closing this one ends its subscription.
+                asyncio.create_task(worker.nc.close())  # noqa: RUF006 - closing needs no result
+            worker.nc = None
+            return False
+        worker.running = False
+        if worker in self._ready:
+            self._ready.remove(worker)
+        if worker.held is None:
+            return False
+        worker.held = None
+        worker.metrics.errors += 1
+        self._drop("internal")
+        return True
+
+    def _fail_stream_worker(self, worker: _StreamWorker, error: BaseException) -> None:
+        """A stream worker's publisher failed on another task's behalf: restart that worker."""
+        if worker in self._ready:
+            self._ready.remove(worker)
+        if worker.task is not None and not worker.task.done() and worker.failure is None:
+            worker.failure = error
+            worker.task.cancel()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop ingesting, then publish and confirm what is queued within the grace period."""
@@ -221,7 +307,14 @@ class StreamsAdapter:
             _done, pending = await asyncio.wait(stream_tasks, timeout=max(0.0, deadline - time.monotonic()))
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending)
         unconfirmed = self.queue.drain_remaining()
+        # A stream worker cancelled while waiting for room in its window holds one message.
+        for worker in self._stream:
+            if worker.held is not None:
+                worker.held = None
+                unconfirmed += 1
         for worker in self._stream:
             if worker.publisher:
                 unconfirmed += await worker.publisher.flush(max(0.0, deadline - time.monotonic()))
@@ -297,7 +390,7 @@ class StreamsAdapter:
             name=self.name,
             type=self.adapter.type,
             ingest_connected=sum(1 for w in self._ingest if w.subscribed and w.nc and w.nc.is_connected),
-            stream_connected=sum(1 for w in self._stream if w.nc and w.nc.is_connected),
+            stream_connected=sum(1 for w in self._stream if w.running and w.nc and w.nc.is_connected),
             queued=len(self.queue),
             in_flight=self._in_flight(),
             counts={
@@ -336,7 +429,7 @@ class StreamsAdapter:
         if side == "stream":
             # output_subject already refuses unsafe subjects, so nats-py's per-publish regex is redundant.
             options["skip_subject_validation"] = True
-        return await connect_with_backoff(options, log=log, stop_event=self._stopping)
+        return await self._connect_client(options, log=log, stop_event=self._stopping)
 
     def _connection_event(self, side: str, index: int) -> Callable[[str, Any], None]:
         log = adapter_logger(self.name, side, index)
@@ -389,13 +482,22 @@ class StreamsAdapter:
         perf_counter = time.perf_counter
         free_publisher = self._free_publisher
         publish = self._publish
+        decode_message = self._decode
 
         async def handle(msg: Msg) -> None:
+            try:
+                await handle_one(msg)
+            except Exception as error:  # nats-py would log it and lose the message uncounted
+                metrics.errors += 1
+                self._drop("internal")
+                self._internal_error(self._warn_input, "ingest", error, msg.subject)
+
+        async def handle_one(msg: Msg) -> None:
             started = perf_counter()
             data = msg.data
             metrics.bytes += len(data)
             try:
-                envelope = decode(data, protocol=protocol, security_provider=provider)
+                envelope = decode_message(data, protocol=protocol, security_provider=provider)
             except DecodeError as error:
                 metrics.errors += 1
                 self._drop("decode")
@@ -411,7 +513,15 @@ class StreamsAdapter:
                     metrics.received += 1
                     counts["received"] += 1
                     metrics.observe(perf_counter() - started)
-                    await publish(stream_worker, stream_worker.publisher, envelope)
+                    publisher = stream_worker.publisher
+                    try:
+                        await publish(stream_worker, publisher, envelope)
+                    except Exception as error:
+                        # Counted as the stream side's: the message was received already.
+                        stream_worker.metrics.errors += 1
+                        self._drop("internal")
+                        self._internal_error(self._warn_output, "stream", error, msg.subject)
+                        self._fail_stream_worker(stream_worker, error)
                     return
                 if queue.offer(envelope):
                     metrics.received += 1
@@ -428,15 +538,35 @@ class StreamsAdapter:
 
         return handle
 
+    def _internal_error(
+        self, warn: RateLimitedWarning, side: str, error: Exception, subject: str | None
+    ) -> None:
+        warn.warn(
+            f"internal:{type(error).__name__}",
+            f"Internal error handling a message on the {side} side, discarding it: "
+            f"{describe_exception(error)}",
+            {"subject": subject, "reason": "internal"},
+        )
+        adapter_logger(self.name, side).debug("Internal error detail", exc_info=error)
+
     # -- stream side ----------------------------------------------------------------------------
 
     async def _run_stream_worker(self, worker: _StreamWorker) -> None:
         servers = self.adapter.stream_servers or self.broker.middleware_hosts
-        nc = await self._connect(servers, f"{self.name}_{worker.index}-{id(self):x}", "stream", worker.index)
-        if nc is None:
+        if worker.nc is None or worker.nc.is_closed:
+            nc = await self._connect(
+                servers, f"{self.name}_{worker.index}-{id(self):x}", "stream", worker.index
+            )
+            if nc is None:
+                return
+            worker.nc = nc
+            worker.publisher = None
+        nc = worker.nc
+        if worker.publisher is not None and not worker.publisher.closed:
+            # A restart after a failed publish loop: the window and its pending messages carry on.
+            await self._publish_loop(worker, worker.publisher)
             return
-        worker.nc = nc
-        publisher = AckedPublisher(
+        publisher = self._publisher_factory(
             nc,
             max_pending=self.adapter.stream_max_pending,
             ack_timeout=self.adapter.stream_ack_timeout,
@@ -472,11 +602,21 @@ class StreamsAdapter:
             self.log.info("Publishing %s into JetStream stream %s", self.adapter.stream_topic, stream)
 
     async def _publish_loop(self, worker: _StreamWorker, publisher: AckedPublisher) -> None:
-        self._ready.append(worker)
+        worker.running = True
+        if worker not in self._ready:
+            self._ready.append(worker)
         take = self.queue.take
         publish = self._publish
         while (envelope := await take()) is not None:
-            await publish(worker, publisher, envelope)
+            worker.held = envelope
+            accepted = publisher.accepted
+            try:
+                await publish(worker, publisher, envelope)
+                worker.held = None
+            finally:
+                if publisher.accepted != accepted:
+                    worker.held = None  # in the window: the publisher accounts for it now
+        worker.running = False
 
     def _free_publisher(self) -> _StreamWorker | None:
         """A connected stream worker whose acknowledgement window has room, rotating among them."""
@@ -514,6 +654,11 @@ class StreamsAdapter:
                 f"Cannot JSON encode message for publishing, discarding: {error.reason}",
                 {"subject": subject, "reason": error.reason},
             )
+            return
+        except Exception as error:  # a bug in the encoder: this message only, the worker carries on
+            metrics.errors += 1
+            self._drop("internal")
+            self._internal_error(self._warn_output, "stream", error, subject)
             return
         metrics.bytes += len(body)
         await publisher.publish(subject, body, message_id(envelope))

@@ -220,6 +220,7 @@ class AckedPublisher:
         self._has_work = asyncio.Event()
         self._started = False
         self._closed = False
+        self.accepted = 0  # messages taken into the window by publish()
         self.acked = 0
         self.duplicates = 0
         self.retries = 0
@@ -234,6 +235,10 @@ class AckedPublisher:
     @property
     def max_pending(self) -> int:
         return self._max_pending
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def start(self) -> None:
         if self._started:
@@ -256,6 +261,7 @@ class AckedPublisher:
         now = time.monotonic()
         entry = _Pending(subject, body, msg_id, now)
         self._pending[token] = entry
+        self.accepted += 1
         self._idle.clear()
         self._has_work.set()
         await self._send(token, entry, now)
