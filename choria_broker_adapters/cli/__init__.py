@@ -31,7 +31,7 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: what service managers expect for a bad configuration
 
 # Every command module, in the order `--help` lists them.
-COMMANDS = ("run", "check", "decode", "render", "streams", "demo")
+COMMANDS = ("run", "check", "decode", "render", "streams", "nodes", "demo")
 
 EPILOG = """\
 typical use:
