@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -634,10 +635,19 @@ class Connections:
         await self.stream.close()
 
 
+STREAM_DESCRIPTION = "file storage, duplicate window 2m, allow_batched (fast-ingest) where the server has it"
+
+
 async def create_stream(js: JetStreamContext, name: str) -> None:
-    await js.add_stream(
-        StreamConfig(name=name, subjects=[STREAM_SUBJECTS], storage=StorageType.FILE, duplicate_window=120.0)
+    """Every bridge gets the same stream; it allows fast-ingest batches, so the runtime's default
+    stream.publish = auto can choose them (servers before 2.14 refuse the option: left out there)."""
+    config = StreamConfig(
+        name=name, subjects=[STREAM_SUBJECTS], storage=StorageType.FILE, duplicate_window=120.0
     )
+    try:
+        await js.add_stream(dataclasses.replace(config, allow_batched=True))
+    except nats.js.errors.BadRequestError:
+        await js.add_stream(config)
 
 
 def stream_name(kind: str, input_name: str, repetition: int) -> str:
@@ -1211,6 +1221,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"(+{plan['settle_s']:g} s), "
         "after the unpaced burst; peak: the largest VmHWM",
         "bridges: " + "; ".join(f"{name}: {text}" for name, text in report["bridge_commands"].items()),
+        f"stream (a fresh one per trial): {STREAM_DESCRIPTION}",
         f"decode/encode in the reference bridges: {report['codec']}",
         f"caveat: {report['caveat']}",
         "environment: " + ", ".join(f"{key} {value}" for key, value in report["environment"].items()),
