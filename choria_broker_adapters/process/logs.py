@@ -111,6 +111,25 @@ def configure(
     logger.addHandler(handler)
 
 
+def reopen_log_files() -> list[str]:
+    """Close and reopen every log file the package writes (after logrotate moved it away);
+    returns their paths. Console and discard targets are left as they are."""
+    logger = logging.getLogger(ROOT_LOGGER)
+    reopened = []
+    for handler in list(logger.handlers):
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        fresh = logging.FileHandler(handler.baseFilename, encoding=handler.encoding)
+        fresh.setFormatter(handler.formatter)
+        for log_filter in handler.filters:
+            fresh.addFilter(log_filter)
+        logger.addHandler(fresh)
+        logger.removeHandler(handler)
+        handler.close()
+        reopened.append(handler.baseFilename)
+    return reopened
+
+
 class ContextLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger that adds fixed context fields and merges per-call `extra` (3.11 would drop it)."""
 

@@ -192,6 +192,12 @@ class ChildSupervisor:
     def count(self) -> int:
         return len(self.children) + 1
 
+    def signal_children(self, signum: int) -> None:
+        """Pass a signal on to every running child (SIGHUP: each reopens its log file)."""
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signum)
+
     def start(self) -> None:
         for child in self.children:
             self._spawn(child)

@@ -1,5 +1,9 @@
 """Run every configured adapter in one asyncio process until SIGTERM or SIGINT.
 
+Other signals an operator may send never kill the process uncounted: SIGHUP reopens the log
+file (for logrotate; passed on to child processes), SIGUSR1 and SIGUSR2 log each adapter's
+counts. Neither stops anything.
+
 settings → registry → one adapter object per `plugin.choria.adapters` entry, each started
 independently (an adapter that cannot connect retries on its own and never holds up the
 others), an optional statistics server, then a graceful stop within each adapter's grace
@@ -21,10 +25,14 @@ from typing import Any
 
 from choria_broker_adapters.adapters.registry import adapter_type
 from choria_broker_adapters.config.settings import Settings
+from choria_broker_adapters.process import logs
 from choria_broker_adapters.process.multiprocess import ChildSupervisor, SnapshotReporter, sum_adapter_states
 from choria_broker_adapters.process.stats import Metrics, Snapshot, StatsServer
 
 log = logging.getLogger("choria_broker_adapters.process.runtime")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STATUS_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Runtime:
@@ -84,11 +92,36 @@ class Runtime:
             log.info("Stopping: %s", reason or "requested")
             self.stop_requested.set()
 
+    def reopen_logs(self) -> None:
+        """SIGHUP: reopen the log file here and in every child process."""
+        reopened = logs.reopen_log_files()
+        if self.children is not None:
+            self.children.signal_children(signal.SIGHUP)
+        log.info(
+            "Received SIGHUP: %s", f"reopened {', '.join(reopened)}" if reopened else "no log file to reopen"
+        )
+
+    def log_status(self, sig: signal.Signals) -> None:
+        """SIGUSR1/SIGUSR2: one line per adapter with its counts (summed over child processes)."""
+        for adapter in self.status()["adapters"]:
+            counts = " ".join(f"{key}={value}" for key, value in adapter["counts"].items())
+            log.info(
+                "Received %s: adapter %s queued=%s in_flight=%s %s",
+                sig.name,
+                adapter["name"],
+                adapter.get("queued", 0),
+                adapter.get("in_flight", 0),
+                counts,
+            )
+
     async def run(self) -> bool:
         """Run until asked to stop; True when every process (this one and any children) stopped cleanly."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_stop, f"received {sig.name}")
+        loop.add_signal_handler(signal.SIGHUP, self.reopen_logs)
+        for sig in STATUS_SIGNALS:
+            loop.add_signal_handler(sig, self.log_status, sig)
         children_clean = True
         try:
             # A child (with a reporter) serves no statistics: the parent serves every process's.
@@ -118,7 +151,7 @@ class Runtime:
             if self.reporter is not None:
                 await self.reporter.finish()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (*STOP_SIGNALS, signal.SIGHUP, *STATUS_SIGNALS):
                 loop.remove_signal_handler(sig)
             if self.stats_server:
                 await self.stats_server.close()
