@@ -40,6 +40,7 @@ DROP_REASONS = (
     "shutdown_timeout",
     "slow_consumer",
     "internal",
+    "malformed_frame",
 )
 WORKER = ("name", "role", "identity")
 ADAPTER_LABELS = ("name", "identity")
@@ -60,6 +61,7 @@ OWN_FAMILIES = {
     ("choria_adapter_duplicate_msgs", "counter", ADAPTER_LABELS),
     ("choria_adapter_dropped_msgs", "counter", ("name", "reason", "identity")),
     ("choria_adapter_worker_restarts", "counter", ("name", "side", "identity")),
+    ("choria_adapter_reconnects", "counter", ("name", "side", "identity")),
     ("choria_build_info", "gauge", ("version", "identity")),
 }
 # Every raw series name a scrape may contain: no `_total`, `_created` or `_info` anywhere.
@@ -155,7 +157,8 @@ async def test_live_scrape_has_exactly_the_go_series_names_and_labels(
             for reason in DROP_REASONS
         }
         | {
-            ("choria_adapter_worker_restarts", (("identity", IDENTITY), ("name", ADAPTER), ("side", side)))
+            (family, (("identity", IDENTITY), ("name", ADAPTER), ("side", side)))
+            for family in ("choria_adapter_worker_restarts", "choria_adapter_reconnects")
             for side in ("ingest", "stream")
         }
         | {("choria_build_info", (("identity", IDENTITY), ("version", __version__)))}

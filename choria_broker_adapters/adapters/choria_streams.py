@@ -47,8 +47,13 @@ from choria_broker_adapters.process.stats import Metrics, WorkerMetrics
 from choria_broker_adapters.transport.connect import (
     EVENT_DISCONNECTED,
     EVENT_ERROR,
+    EVENT_MALFORMED_FRAME,
+    EVENT_READ_LOOP_FAILED,
+    EVENT_RECONNECTED,
+    EVENT_SERVER_ERROR,
     EVENT_SLOW_CONSUMER,
     ConnectConfigError,
+    GuardedClient,
     connect_options,
     connect_with_backoff,
 )
@@ -136,11 +141,22 @@ class AdapterState:
 
     name: str
     type: str
+    ingest_workers: int = 0
+    stream_workers: int = 0
+    # Workers whose connection is up and actually reading (a connected client whose read loop
+    # died receives nothing, so it is not counted).
     ingest_connected: int = 0
     stream_connected: int = 0
     queued: int = 0
     in_flight: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+
+
+def _healthy(nc: Client | None) -> bool:
+    """Connected and reading."""
+    if nc is None or not nc.is_connected:
+        return False
+    return nc.reading if isinstance(nc, GuardedClient) else True
 
 
 class StreamsAdapter:
@@ -389,8 +405,10 @@ class StreamsAdapter:
         return AdapterState(
             name=self.name,
             type=self.adapter.type,
-            ingest_connected=sum(1 for w in self._ingest if w.subscribed and w.nc and w.nc.is_connected),
-            stream_connected=sum(1 for w in self._stream if w.running and w.nc and w.nc.is_connected),
+            ingest_workers=len(self._ingest),
+            stream_workers=len(self._stream),
+            ingest_connected=sum(1 for w in self._ingest if w.subscribed and _healthy(w.nc)),
+            stream_connected=sum(1 for w in self._stream if w.running and _healthy(w.nc)),
             queued=len(self.queue),
             in_flight=self._in_flight(),
             counts={
@@ -399,6 +417,7 @@ class StreamsAdapter:
                 "retries": self._adapter_counts.retries,
                 **{f"dropped_{reason}": count for reason, count in self._adapter_counts.dropped.items()},
                 **{f"restarts_{side}": count for side, count in self._adapter_counts.restarts.items()},
+                **{f"reconnects_{side}": count for side, count in self._adapter_counts.reconnects.items()},
             },
         )
 
@@ -433,6 +452,9 @@ class StreamsAdapter:
 
     def _connection_event(self, side: str, index: int) -> Callable[[str, Any], None]:
         log = adapter_logger(self.name, side, index)
+        warn = (self._warn_input if side == "ingest" else self._warn_output).warn
+        worker = (self._ingest if side == "ingest" else self._stream)[index]
+        counts = self._adapter_counts
 
         def on_event(kind: str, detail: Any) -> None:
             if kind == EVENT_SLOW_CONSUMER:
@@ -441,6 +463,20 @@ class StreamsAdapter:
                     "slow_consumer",
                     f"NATS client dropped a message, {detail} (raise ingest.workers or queue_len)",
                 )
+            elif kind == EVENT_MALFORMED_FRAME:
+                # Only the ingest side receives messages that could have been stored.
+                if side == "ingest":
+                    worker.metrics.errors += 1
+                    self._drop("malformed_frame")
+                warn("malformed_frame", f"Received a malformed NATS message: {detail}")
+            elif kind == EVENT_READ_LOOP_FAILED:
+                counts.restarts[side] += 1
+                log.error("NATS connection of %s worker %s: %s", side, worker.name, detail)
+            elif kind == EVENT_SERVER_ERROR:
+                log.warning("NATS connection of %s worker %s: %s", side, worker.name, detail)
+            elif kind == EVENT_RECONNECTED:
+                counts.reconnects[side] += 1
+                log.info("NATS connection %s", kind)
             elif kind in {EVENT_DISCONNECTED, EVENT_ERROR} and not self._stopping.is_set():
                 log.warning("NATS connection %s: %s", kind, detail)
             else:

@@ -43,6 +43,7 @@ DROP_REASONS = (
     "shutdown_timeout",
     "slow_consumer",
     "internal",
+    "malformed_frame",
 )
 # The two kinds of worker a supervisor restarts; label values of choria_adapter_worker_restarts.
 WORKER_SIDES = ("ingest", "stream")
@@ -68,13 +69,15 @@ class WorkerMetrics:
 
 @dataclass(slots=True)
 class AdapterCounters:
-    """Per-adapter counts that are not per worker: retries, duplicates, drops by reason and
-    worker restarts by side."""
+    """Per-adapter counts that are not per worker: retries, duplicates, drops by reason,
+    worker restarts by side (a crashed worker, or a connection that stopped reading while it
+    still looked connected) and NATS reconnections by side."""
 
     retries: int = 0
     duplicates: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WORKER_SIDES, 0))
+    reconnects: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WORKER_SIDES, 0))
 
 
 class _AdapterCollector(Collector):
@@ -114,8 +117,11 @@ class _AdapterCollector(Collector):
         )
         restarts = Metric(
             "choria_adapter_worker_restarts",
-            "Workers restarted by their supervisor after an unexpected error, by side",
+            "Workers restarted after an unexpected error or a connection that stopped reading, by side",
             "counter",
+        )
+        reconnects = Metric(
+            "choria_adapter_reconnects", "NATS connections of workers re-established, by side", "counter"
         )
         for adapter, counters in self.metrics.all_adapters().items():
             labels = {"name": adapter, "identity": identity}
@@ -129,7 +135,11 @@ class _AdapterCollector(Collector):
                 restarts.add_sample(
                     restarts.name, {"name": adapter, "side": side, "identity": identity}, count
                 )
-        yield from (retries, duplicates, dropped, restarts)
+            for side, count in counters.reconnects.items():
+                reconnects.add_sample(
+                    reconnects.name, {"name": adapter, "side": side, "identity": identity}, count
+                )
+        yield from (retries, duplicates, dropped, restarts, reconnects)
 
         for gauge in (self.metrics.queue_length, self.metrics.queue_capacity, self.metrics.in_flight):
             family = GaugeMetricFamily(gauge.name, gauge.documentation, labels=["name", "identity"])
@@ -291,6 +301,7 @@ class Snapshot:
                     counters["duplicates"],
                     dict(counters["dropped"]),
                     dict(counters.get("restarts", {})),
+                    dict(counters.get("reconnects", {})),
                 )
                 for name, counters in document.get("adapters", {}).items()
             },
@@ -319,6 +330,8 @@ def merge_snapshots(snapshots: list[Snapshot]) -> Snapshot:
                 target.dropped[reason] = target.dropped.get(reason, 0) + count
             for side, count in adapter.restarts.items():
                 target.restarts[side] = target.restarts.get(side, 0) + count
+            for side, count in adapter.reconnects.items():
+                target.reconnects[side] = target.reconnects.get(side, 0) + count
         for gauge, values in snapshot.gauges.items():
             gauge_total = total.gauges.setdefault(gauge, {})
             for adapter, value in values.items():
@@ -332,7 +345,11 @@ def _copy_worker(counters: WorkerMetrics) -> WorkerMetrics:
 
 def _copy_adapter(counters: AdapterCounters) -> AdapterCounters:
     return AdapterCounters(
-        counters.retries, counters.duplicates, dict(counters.dropped), dict(counters.restarts)
+        counters.retries,
+        counters.duplicates,
+        dict(counters.dropped),
+        dict(counters.restarts),
+        dict(counters.reconnects),
     )
 
 

@@ -29,6 +29,12 @@ EVENT_SLOW_CONSUMER = "slow_consumer"
 EVENT_DISCONNECTED = "disconnected"
 EVENT_RECONNECTED = "reconnected"
 EVENT_CLOSED = "closed"
+# A frame nats-py could not turn into a message (dropped, the connection keeps reading).
+EVENT_MALFORMED_FRAME = "malformed_frame"
+# nats-py's read loop stopped on an unexpected error; the client is reconnecting at once.
+EVENT_READ_LOOP_FAILED = "read_loop_failed"
+# The server reported an error and closed the connection; the client is reconnecting.
+EVENT_SERVER_ERROR = "server_error"
 
 URL_SCHEMES = ("nats", "tls", "ws", "wss")
 DEFAULT_PORT_HINT = 4222
@@ -252,6 +258,12 @@ def event_callbacks(on_event: OnEvent | None, secrets: Iterable[str] = ()) -> di
     async def error_cb(exc: Exception) -> None:
         if isinstance(exc, nats.errors.SlowConsumerError):
             emit(EVENT_SLOW_CONSUMER, f"slow consumer on {exc.subject}: messages dropped by the client")
+        elif isinstance(exc, MalformedFrameError):
+            emit(EVENT_MALFORMED_FRAME, str(exc))
+        elif isinstance(exc, ReadLoopFailedError):
+            emit(EVENT_READ_LOOP_FAILED, str(exc))
+        elif isinstance(exc, ServerClosedError):
+            emit(EVENT_SERVER_ERROR, str(exc))
         else:
             emit(EVENT_ERROR, describe_connect_error(exc))
 
@@ -308,6 +320,107 @@ def describe_servers(options: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# the client
+
+
+# -ERR texts (lower case, as nats-py passes them) after which nats-py already does the right
+# thing: a stale connection reconnects, a permissions violation leaves the connection open.
+_ERRORS_NATS_PY_HANDLES = ("stale connection", "permissions violation")
+
+
+class MalformedFrameError(nats.errors.Error):
+    """A message frame nats-py cannot represent (sent by a peer, routed to us by the server)."""
+
+
+class ReadLoopFailedError(nats.errors.Error):
+    """nats-py's read loop ended on an error while the connection still counted as connected."""
+
+
+class ServerClosedError(nats.errors.Error):
+    """The server sent -ERR and closed the connection."""
+
+
+def describe_frame(subject: bytes, reply: bytes, headers: bytes | None, error: BaseException) -> str:
+    """What was wrong with a frame, with the peer's bytes shown escaped and cut short."""
+    parts = [f"subject {_shown(subject)}"]
+    if reply:
+        parts.append(f"reply {_shown(reply)}")
+    if headers:
+        parts.append(f"{len(headers)} header bytes")
+    return f"{type(error).__name__} for a message with {', '.join(parts)}; message dropped"
+
+
+def _shown(raw: bytes, limit: int = 64) -> str:
+    text = repr(bytes(raw[:limit]))
+    return text + ("..." if len(raw) > limit else "")
+
+
+class GuardedClient(Client):
+    """nats-py's client, kept reading whatever a peer publishes, and kept connected.
+
+    nats-py 2.16 decodes each message's subject, reply and status header as UTF-8 inside its
+    read loop; any frame that fails that (a reply subject that is not UTF-8, a header block
+    shorter than its NATS/1.0 line, ...) ends the read loop while the connection still reports
+    connected, so nothing more is read until the server's stale-connection check, minutes
+    later. The server routes such frames from any publisher, so one hostile node could
+    silence every ingest worker. Here:
+
+    - a message that cannot be built is dropped and reported (`MalformedFrameError` to the
+      error callback); the parser has already consumed its bytes, so reading goes on;
+    - a read loop that ends for any other unexpected reason while connected is reported
+      (`ReadLoopFailedError`) and the client reconnects at once, resubscribing as usual;
+    - an -ERR after which the server closes the connection (maximum payload violation,
+      slow consumer, ...) makes the client reconnect instead of closing for good, which is
+      what nats-py does for every error other than a stale connection.
+
+    These override private nats-py methods; tests/test_hostile_frames.py checks them against
+    the pinned nats-py with real servers.
+    """
+
+    @property
+    def reading(self) -> bool:
+        """True while the read loop runs (a connected client with a dead loop receives nothing)."""
+        task = self._reading_task
+        return task is not None and not task.done()
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        try:
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+        except Exception as error:
+            await self._error_cb(MalformedFrameError(describe_frame(subject, reply, headers, error)))
+
+    async def _read_loop(self) -> None:
+        await super()._read_loop()
+        if self._status != Client.CONNECTED:
+            return  # closing, reconnecting or draining: nats-py ended the loop on purpose
+        unparsed = len(self._ps.buf)
+        await self._error_cb(
+            ReadLoopFailedError(
+                f"the NATS client stopped reading ({unparsed} unparsed bytes discarded); reconnecting"
+            )
+        )
+        await self.force_reconnect()
+
+    async def _process_err(self, err_msg: str) -> None:
+        closes = (
+            self._status == Client.CONNECTED
+            and self.options.get("allow_reconnect")
+            and not any(kept in err_msg for kept in _ERRORS_NATS_PY_HANDLES)
+        )
+        if not closes:
+            await super()._process_err(err_msg)
+            return
+        await self._error_cb(
+            ServerClosedError(
+                f"server error {err_msg.strip()}: the server closes the connection; reconnecting"
+            )
+        )
+        await self.force_reconnect()
+
+
+# ---------------------------------------------------------------------------------------------
 # initial connection
 
 
@@ -330,7 +443,7 @@ async def connect_with_backoff(
     round_number = 0
     while stop_event is None or not stop_event.is_set():
         round_number += 1
-        client = Client()
+        client = GuardedClient()
         gate = _FirstConnectionGate(options)
         attempt_options = {
             **options,
