@@ -189,6 +189,14 @@ def test_demo_stores_every_registration_and_prints_a_document() -> None:
     assert '"protocol": "choria:adapters:jetstream:output:1"' in out
     assert '"protocol": "choria:registration:inventorycontent:1"' in out  # data, decoded
     assert "OK: all 50 registrations" in out
+    # The summary ends with the node count and a glimpse of `nodes`: its header and two rows.
+    tail = out.rstrip("\n").splitlines()[-4:]
+    assert tail[0] == "nodes in the stream: 50 (choria-broker-adapters nodes --config FILE)"
+    assert tail[1].split()[:3] == ["IDENTITY", "LAST", "REGISTRATION"]
+    assert [line.split()[0] for line in tail[2:]] == [
+        f"node0000{index}.fleet.example.net" for index in (0, 1)
+    ]
+    assert all(line.split()[3:] == ["inventorycontent", "5", "3"] for line in tail[2:])
     assert "sent 50/50" in result.stderr  # progress, plain lines when not a terminal
 
 
@@ -208,6 +216,7 @@ def test_demo_json_counts(nodes: int, rounds: int) -> None:
     assert (report["sent"], report["received"], report["published"], report["acknowledged"]) == (sent,) * 4
     assert report["stored"] == sent
     assert report["distinct_subjects"] == nodes
+    assert report["node_count"] == nodes and len(report["node_sample"]) == 3
     assert report["dropped"] == {}
     assert report["msgs_per_second"] > 0
     sample = report["sample"]

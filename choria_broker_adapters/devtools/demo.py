@@ -206,6 +206,8 @@ class DemoReport:
     seconds: float = 0.0  # first publish → last acknowledgement
     publish_seconds: float = 0.0
     sample: Sample | None = None
+    node_count: int = 0
+    node_sample: tuple[str, ...] = ()  # `nodes` header and first rows
     interrupted: bool = False
     timed_out: bool = False
     server_url: str = ""
@@ -286,6 +288,8 @@ class DemoReport:
             "msgs_per_second": round(rate(counts.stored, self.seconds), 1),
             "publish_msgs_per_second": round(rate(counts.sent, self.publish_seconds), 1),
             "sample": sample,
+            "node_count": self.node_count,
+            "node_sample": list(self.node_sample),
             "interrupted": self.interrupted,
             "server_url": self.server_url,
             "monitor_url": self.monitor_url,
@@ -343,6 +347,8 @@ def summary_text(report: DemoReport) -> str:
         lines.append(
             f"OK: all {counts.sent} registrations sent were stored exactly once, one subject per node."
         )
+    lines += ["", f"nodes in the stream: {report.node_count} (choria-broker-adapters nodes --config FILE)"]
+    lines += [f"  {line}" for line in report.node_sample]
     return "\n".join(lines)
 
 
@@ -727,6 +733,7 @@ async def _read_stream(nc: Any, report: DemoReport) -> None:
     """Fill the stream's message and subject counts and one stored sample into the report."""
     from choria_broker_adapters.codec.output import output_subject
     from choria_broker_adapters.jetstream.admin import stream_status
+    from choria_broker_adapters.jetstream.inventory import glimpse
 
     status = await stream_status(nc, report.stream)
     if status is None:
@@ -735,6 +742,10 @@ async def _read_stream(nc: Any, report: DemoReport) -> None:
     report.distinct_subjects = status.distinct_subjects
     if status.messages == 0:
         return
+    report.node_count, sample_lines = await glimpse(
+        nc, report.stream, report.stream_subjects[0], subject_prefix=STREAM_TOPIC.replace("%s", "")
+    )
+    report.node_sample = tuple(sample_lines)
     subject = output_subject(STREAM_TOPIC, node_name(0))
     try:
         stored = await nc.jetstream().get_last_msg(report.stream, subject)

@@ -313,3 +313,14 @@ async def complete_inventories(client: Client, fleet: Fleet) -> None:
             if decoded.inventory is not None:
                 fleet.rows[index] = replace(row, inventory=decoded.inventory)
                 break
+
+
+async def glimpse(
+    client: Client, stream: str, subject_filter: str, *, subject_prefix: str = "", rows: int = 2
+) -> tuple[int, list[str]]:
+    """(number of nodes, the `nodes` table header and its first `rows` rows), for the demo."""
+    fleet = await read_fleet(client, stream, subject_filter, subject_prefix=subject_prefix)
+    if fleet is None:
+        return 0, []
+    now = datetime.datetime.now(datetime.UTC)
+    return len(fleet.rows), nodelist.table_lines(fleet.rows[:rows], now)
