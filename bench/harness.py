@@ -60,6 +60,7 @@ from bench.stats import (
     publish_modes,
     ratio,
     relative_rate,
+    request_id_of,
     rfc3339_ns,
     status_kib,
     stored_time_ns,
@@ -165,7 +166,7 @@ class Plan:
     profile_dir: str | None = None  # run every bridge under cProfile, one .prof per process here
 
 
-QUICK = Plan("quick", (PRIMARY_INPUT,), 1, 3_000, 3_000, 1000)
+QUICK = Plan("quick", (PRIMARY_INPUT,), 1, 10_000, 5_000, 1000)
 FULL = Plan("full", tuple(INPUTS), 3, 40_000, 40_000, 1000)
 
 
@@ -201,6 +202,12 @@ class Trial:
     rss_mb: list[float] = field(default_factory=list)  # VmRSS per process after the paced phase
     publish_mode: str | None = None  # runtime bridges: what the runtime chose
     exit_codes: list[int] = field(default_factory=list)
+    phase_s: dict[str, float] = field(default_factory=dict)  # where the trial's time went (progress)
+
+    def phase_done(self, name: str) -> None:
+        now = time.monotonic()
+        self.phase_s[name] = round(now - self.phase_s.pop("_mark", now), 1)
+        self.phase_s["_mark"] = now
 
     @property
     def msgs_per_s(self) -> float | None:
@@ -582,12 +589,12 @@ async def read_stream(js: JetStreamContext, stream: str) -> dict[str, StoredPhas
     try:
         while read < total:
             try:
-                batch = await subscription.fetch(batch=2000, timeout=5)
+                batch = await subscription.fetch(batch=5000, timeout=5)
             except nats.errors.TimeoutError:
                 break
             for message in batch:
                 read += 1
-                stamp = parse_request_id(json.loads(message.data)["requestid"])
+                stamp = parse_request_id(request_id_of(message.data))
                 if stamp is None:
                     continue
                 phase = phases.setdefault(stamp.phase, StoredPhase())
@@ -681,6 +688,7 @@ async def run_bridge_trial(
             free_port() if spec.runtime else 0,
             Path(plan.profile_dir) / f"{trial_dir.name}.prof" if plan.profile_dir else None,
         )
+        trial.phase_done("_start")
         commands = bridge_commands(spec, context)
         logs = [trial_dir / f"bridge-{index}.log" for index in range(len(commands))]
         for command, log in zip(commands, logs, strict=True):
@@ -695,7 +703,9 @@ async def run_bridge_trial(
                     )
                 )
         await wait_until_subscribed(spec, context, processes, logs)
+        trial.phase_done("start")
         await warm_up(connections.core, js, stream, input_name, processes, logs)
+        trial.phase_done("warm-up")
         trial.processes = len(bridge_pids(processes))
         if spec.runtime:
             trial.publish_mode = await observed_publish_mode(context)
@@ -717,6 +727,7 @@ async def run_bridge_trial(
         if pacing.rate is None:
             raise TrialFailed(f"nothing stored in the unpaced phase, so no paced rate: {tail(logs[0])}")
         trial.paced_rate = pacing.rate
+        trial.phase_done("unpaced")
 
         paced = await run_publisher(
             servers.core.url, input_name, plan.paced_messages, trial.paced_rate, plan.senders, "p"
@@ -724,14 +735,17 @@ async def run_bridge_trial(
         await wait_for_count(js, stream, reached + paced["published"], plan.stall_s, processes)
         trial.paced_published = paced["published"]
         alive_or_fail(processes, logs, "during the measurement")
+        trial.phase_done("paced")
         await asyncio.sleep(plan.settle_s)
         trial.peak_rss_mb = per_process_memory_mb(processes, "VmHWM")
         trial.rss_mb = per_process_memory_mb(processes, "VmRSS")
 
         trial.exit_codes = stop_processes(processes)
         processes = []
+        trial.phase_done("stop")
 
         phases = await read_stream(js, stream)
+        trial.phase_done("read")
         stored_capacity = phases.get("c", StoredPhase())
         trial.capacity_stored = len(stored_capacity.unique)
         trial.capacity_duplicates = stored_capacity.duplicates
@@ -904,6 +918,7 @@ def summarise(trials: list[Trial]) -> dict[str, Any]:
         "available": True,
         "processes": max(trial.processes for trial in good),
         "msgs_per_s": med(lambda t: t.msgs_per_s, 0),
+        "msgs_per_s_each": [None if t.msgs_per_s is None else round(t.msgs_per_s) for t in good],
         "mb_per_s": med(lambda t: t.mb_per_s, 2),
         "lost": max(t.lost_capacity + t.lost_paced for t in good),
         "lost_capacity": max(t.lost_capacity for t in good),
@@ -967,16 +982,16 @@ async def run_benchmark(plan: Plan, progress: Callable[[str], None]) -> dict[str
         for input_name in plan.inputs:
             for repetition in range(plan.repetitions):
                 # everything interleaved within a repetition, so background noise hits all of them
-                for ceiling in plan.ceilings:
-                    trial = await run_ceiling_trial(plan, ceiling, input_name, repetition, servers)
-                    trials.setdefault((ceiling, input_name), []).append(trial)
-                    progress(describe_trial(trial))
-                for bridge_name in runnable:
-                    trial = await run_bridge_trial(
-                        plan, SPECS[bridge_name], input_name, repetition, servers, workdir, pacing[input_name]
-                    )
-                    trials.setdefault((bridge_name, input_name), []).append(trial)
-                    progress(describe_trial(trial))
+                for name in (*plan.ceilings, *runnable):
+                    trial_started = time.monotonic()
+                    if name in SPECS:
+                        trial = await run_bridge_trial(
+                            plan, SPECS[name], input_name, repetition, servers, workdir, pacing[input_name]
+                        )
+                    else:
+                        trial = await run_ceiling_trial(plan, name, input_name, repetition, servers)
+                    trials.setdefault((name, input_name), []).append(trial)
+                    progress(f"{describe_trial(trial)} ({time.monotonic() - trial_started:.1f} s)")
     finally:
         servers.core.stop()
         servers.jetstream.stop()
@@ -1144,6 +1159,9 @@ def describe_trial(trial: Trial) -> str:
         text += f", steady RSS {'+'.join(f'{value:.0f}' for value in trial.rss_mb)} MB"
     if trial.publish_mode:
         text += f", publish mode {trial.publish_mode}"
+    phases = [f"{name} {seconds:g}" for name, seconds in trial.phase_s.items() if not name.startswith("_")]
+    if phases:
+        text += f"; seconds: {', '.join(phases)}"
     return text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import json
 import math
 import statistics
 import time
@@ -111,3 +112,18 @@ def publish_modes(document: Any) -> list[str]:
 
 
 PUBLISH_MODES = ("acked", "batched")
+
+
+_REQUEST_ID_KEY = b'"requestid":"'
+
+
+def request_id_of(document: bytes) -> str:
+    """The request id of a stored output document. Its value is the last key's (the documented
+    key order) and a stamp is plain ASCII, so a search from the right reads it without parsing
+    the whole document; anything else is left to the JSON parser."""
+    start = document.rfind(_REQUEST_ID_KEY) + len(_REQUEST_ID_KEY)
+    end = document.find(b'"', start)
+    if start >= len(_REQUEST_ID_KEY) and end == len(document) - 2 and document.endswith(b'"}'):
+        return document[start:end].decode("ascii", errors="replace")
+    requestid: str = json.loads(document)["requestid"]
+    return requestid

@@ -31,6 +31,7 @@ from bench.stats import (
     percentile,
     publish_modes,
     relative_rate,
+    request_id_of,
     rfc3339_ns,
     status_kib,
     stored_time_ns,
@@ -193,6 +194,28 @@ def test_publish_modes_found_under_any_publish_key(document: object, modes: list
     assert publish_modes(document) == modes
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        b'{"protocol":"p","data":"{\\"requestid\\":\\"x\\"}","sender":"s","time":"t","requestid":"ID"}',
+        b'{"requestid":"ID","protocol":"p","data":"d"}',  # another key order: parsed
+        b'{"protocol":"p", "requestid": "ID"}',  # other spacing: parsed
+    ],
+)
+def test_request_id_of_stored_documents(document: bytes) -> None:
+    assert request_id_of(document) == json.loads(document)["requestid"] == "ID"
+
+
+def test_request_id_of_an_escaped_value_is_parsed() -> None:
+    assert request_id_of(b'{"data":"d","requestid":"a\\"b"}') == 'a"b'
+
+
+def test_request_id_of_the_encoder_output() -> None:
+    request_id = make_request_id("p", 7, 1700000000123456789)
+    body = codec.encode(codec.decode(load_template("registration_1k").render(sender_name(7), request_id)))
+    assert request_id_of(body) == request_id
+
+
 def _state(ingest: int, stream: int) -> dict[str, object]:
     return {"name": "bench", "type": "jetstream", "ingest_connected": ingest, "stream_connected": stream}
 
@@ -342,6 +365,7 @@ def test_summary_takes_medians_but_the_worst_loss() -> None:
         ]
     )
     assert summary["msgs_per_s"] == 20_000
+    assert summary["msgs_per_s_each"] == [10_000, 30_000, 20_000]  # repetitions in run order
     assert summary["mb_per_s"] == 20.0  # 1 MB stored in 1/20 s
     assert summary["p50_ms"] == 3.0
     assert summary["lost"] == 3 and summary["lost_paced"] == 3 and summary["lost_capacity"] == 0
