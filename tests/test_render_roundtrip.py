@@ -65,6 +65,7 @@ def expected_adapter(name: str, adapter: dict[str, Any]) -> dict[str, Any]:
         "stream_ack_timeout": seconds(stream.get("ack_timeout", 5)),
         "stream_retry_budget": seconds(stream.get("retry_budget", 60)),
         "stream_max_pending": stream.get("max_pending", 512),
+        "stream_publish": stream.get("publish", "auto"),
         "stream_name": stream.get("name", "CHORIA_" + name.upper().replace("-", "_")),
         "stream_subjects": subjects,
         "stream_max_age": seconds(stream.get("max_age", "1w")),

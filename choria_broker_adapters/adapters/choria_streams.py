@@ -1,15 +1,17 @@
 """The Choria Streams adapter (types `choria_streams` and `jetstream`).
 
-    ingest workers ─decode─► WorkQueue (queue_len) ─► stream workers ─encode─► AckedPublisher ─► JetStream
+    ingest workers ─decode─► WorkQueue (queue_len) ─► stream workers ─encode─► publisher ─► JetStream
 
 Ingest workers queue-subscribe to `ingest.topic` in group `nats_ingest_NAME`, one NATS
 connection each, decode every message and offer it to the bounded queue; a full queue drops
 the message with a count and a rate-limited warning instead of blocking the NATS client into
 a slow-consumer disconnect. While the queue is empty a message goes straight to a stream
 worker whose window has room (an unbuffered hand-over, saving a task switch per message).
-Stream workers, one connection each, encode the output document and hand it to an
-acknowledged, windowed publisher that retries with the same Nats-Msg-Id. Every message
-received is either stored or counted under a drop reason.
+Stream workers, one connection each, encode the output document and hand it to a publisher
+that retries with the same Nats-Msg-Id: `BatchPublisher` (fast-ingest batches, one flow
+acknowledgement per many messages) or `AckedPublisher` (one acknowledgement per message), as
+`stream.publish` and what JetStream allows decide once at start-up. Every message received is
+either stored or counted under a drop reason.
 
 Supervision: an unexpected exception while handling one message counts that message under
 `internal` and the worker carries on; an exception that ends a worker (connecting,
@@ -27,6 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -34,8 +37,11 @@ from nats.aio.subscription import Subscription
 from choria_broker_adapters.codec.output import OutputError, encode_output, message_id, output_subject
 from choria_broker_adapters.codec.protocol import DecodeError, Envelope, decode
 from choria_broker_adapters.config.settings import AdapterSettings, Settings
+from choria_broker_adapters.jetstream.admin import JetStreamAdminError, jetstream_request, stream_info
+from choria_broker_adapters.jetstream.batch_publisher import BatchPublisher, PublishMode, choose_publish_mode
 from choria_broker_adapters.jetstream.publisher import (
     AckedPublisher,
+    Publisher,
     PublishOutcome,
     PublishResult,
     backoff_delay,
@@ -117,7 +123,7 @@ class _StreamWorker:
     name: str
     metrics: WorkerMetrics
     nc: Client | None = None
-    publisher: AckedPublisher | None = None
+    publisher: Publisher | None = None
     task: asyncio.Task[None] | None = None
     running: bool = False  # its publish loop is taking messages
     held: Envelope | None = None  # taken from the queue, not yet in the publisher's window
@@ -149,6 +155,11 @@ class AdapterState:
     stream_connected: int = 0
     queued: int = 0
     in_flight: int = 0
+    publish_setting: str = "auto"  # stream.publish
+    publish_mode: str = ""  # what start-up chose: batched or acked ("" until decided)
+    batched_publishers: int = 0  # stream workers publishing in batches now (others fell back)
+    acked_publishers: int = 0
+    duplicates_meaning: str = ""
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -157,6 +168,13 @@ def _healthy(nc: Client | None) -> bool:
     if nc is None or not nc.is_connected:
         return False
     return nc.reading if isinstance(nc, GuardedClient) else True
+
+
+DUPLICATES_ACKED = "publishes JetStream acknowledged as duplicates of a stored Nats-Msg-Id"
+DUPLICATES_BATCHED = (
+    "only publishes acknowledged one by one (acked publishers); in batches JetStream skips duplicates "
+    "without reporting them, so they count as stored"
+)
 
 
 class StreamsAdapter:
@@ -171,9 +189,12 @@ class StreamsAdapter:
         disable_tls: bool = False,
         connect: Connect = connect_with_backoff,
         decode_message: Decode = decode,
-        publisher_factory: Callable[..., AckedPublisher] = AckedPublisher,
+        publisher_factory: Callable[..., Publisher] | None = None,
     ) -> None:
-        """`connect`, `decode_message` and `publisher_factory` are seams for fault-injection tests."""
+        """`connect`, `decode_message` and `publisher_factory` are seams for fault-injection tests.
+
+        Without a `publisher_factory`, `stream.publish` and JetStream choose the publisher.
+        """
         self.adapter = adapter
         self.broker = broker
         self.metrics = metrics
@@ -201,6 +222,7 @@ class StreamsAdapter:
             for i in range(adapter.stream_workers)
         ]
         self._ready: list[_StreamWorker] = []  # stream workers whose publisher is running
+        self._publish_mode: asyncio.Task[PublishMode] | None = None  # decided once, by the first worker
         self._next_ready = 0
         self._warn_input = RateLimitedWarning(adapter_logger(self.name, "ingest"))
         self._warn_output = RateLimitedWarning(adapter_logger(self.name, "stream"))
@@ -402,6 +424,7 @@ class StreamsAdapter:
             await asyncio.sleep(UNSUBSCRIBE_LINGER)
 
     def state(self) -> AdapterState:
+        modes = [w.publisher.mode for w in self._stream if w.publisher]
         return AdapterState(
             name=self.name,
             type=self.adapter.type,
@@ -411,6 +434,11 @@ class StreamsAdapter:
             stream_connected=sum(1 for w in self._stream if w.running and _healthy(w.nc)),
             queued=len(self.queue),
             in_flight=self._in_flight(),
+            publish_setting=self.adapter.stream_publish,
+            publish_mode=self._decided_mode(),
+            batched_publishers=modes.count(PublishMode.BATCHED),
+            acked_publishers=modes.count(PublishMode.ACKED),
+            duplicates_meaning=DUPLICATES_BATCHED if PublishMode.BATCHED in modes else DUPLICATES_ACKED,
             counts={
                 **self._counts,
                 "duplicates": self._adapter_counts.duplicates,
@@ -420,6 +448,12 @@ class StreamsAdapter:
                 **{f"reconnects_{side}": count for side, count in self._adapter_counts.reconnects.items()},
             },
         )
+
+    def _decided_mode(self) -> str:
+        task = self._publish_mode
+        if task is None or not task.done() or task.cancelled():
+            return ""
+        return str(task.result())
 
     def _in_flight(self) -> int:
         return sum(w.publisher.in_flight for w in self._stream if w.publisher)
@@ -602,7 +636,13 @@ class StreamsAdapter:
             # A restart after a failed publish loop: the window and its pending messages carry on.
             await self._publish_loop(worker, worker.publisher)
             return
-        publisher = self._publisher_factory(
+        if self._publish_mode is None:
+            self._publish_mode = asyncio.create_task(self._decide_publish_mode(nc))
+        mode = await asyncio.shield(self._publish_mode)
+        factory = self._publisher_factory or (
+            BatchPublisher if mode is PublishMode.BATCHED else AckedPublisher
+        )
+        publisher: Publisher = factory(
             nc,
             max_pending=self.adapter.stream_max_pending,
             ack_timeout=self.adapter.stream_ack_timeout,
@@ -613,11 +653,38 @@ class StreamsAdapter:
         )
         await publisher.start()
         worker.publisher = publisher
-        if worker.index == 0:
-            await self._check_stream_captures(nc)
         await self._publish_loop(worker, publisher)
 
-    async def _check_stream_captures(self, nc: Client) -> None:
+    async def _decide_publish_mode(self, nc: Client) -> PublishMode:
+        """Check that a stream captures the topic and choose batched or acked publishing; logged."""
+        stream = await self._check_stream_captures(nc)
+        allows: bool | None = None
+        level: int | None = None
+        if stream is not None and self.adapter.stream_publish == PublishMode.AUTO:
+            try:
+                info = await stream_info(nc, stream)
+                allows = bool(info and info.get("config", {}).get("allow_batched"))
+                api = (await jetstream_request(nc, "$JS.API.INFO")).get("api") or {}
+                level = api.get("level") if isinstance(api.get("level"), int) else 0
+            except (JetStreamAdminError, nats.errors.Error, ValueError) as error:
+                self.log.warning(
+                    "Could not read stream %s or the JetStream API level: %s",
+                    stream,
+                    describe_exception(error),
+                )
+        mode, why = choose_publish_mode(
+            self.adapter.stream_publish, stream_allows_batches=allows, server_api_level=level
+        )
+        self.log.info(
+            "Adapter %s publishes %s (%s)",
+            self.name,
+            "in fast-ingest batches" if mode is PublishMode.BATCHED else "with per-message acknowledgements",
+            why,
+        )
+        return mode
+
+    async def _check_stream_captures(self, nc: Client) -> str | None:
+        """The stream that captures the adapter's topic (None: none, or JetStream did not say)."""
         probe = output_subject(self.adapter.stream_topic, "node.example.net")
         try:
             stream = await stream_for_subject(nc.jetstream(), probe)
@@ -625,7 +692,7 @@ class StreamsAdapter:
             self.log.warning(
                 "Could not ask JetStream which stream captures %s: %s", probe, describe_exception(error)
             )
-            return
+            return None
         if stream is None:
             self.log.warning(
                 "No JetStream stream captures %s (topic %s); messages will be retried and then dropped. "
@@ -636,8 +703,9 @@ class StreamsAdapter:
             )
         else:
             self.log.info("Publishing %s into JetStream stream %s", self.adapter.stream_topic, stream)
+        return stream
 
-    async def _publish_loop(self, worker: _StreamWorker, publisher: AckedPublisher) -> None:
+    async def _publish_loop(self, worker: _StreamWorker, publisher: Publisher) -> None:
         worker.running = True
         if worker not in self._ready:
             self._ready.append(worker)
@@ -665,7 +733,7 @@ class StreamsAdapter:
                 return worker
         return None
 
-    async def _publish(self, worker: _StreamWorker, publisher: AckedPublisher, envelope: Envelope) -> None:
+    async def _publish(self, worker: _StreamWorker, publisher: Publisher, envelope: Envelope) -> None:
         """Encode one message and put it in the worker's acknowledgement window (or count why not)."""
         metrics = worker.metrics
         started = time.perf_counter()

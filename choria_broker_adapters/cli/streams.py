@@ -47,6 +47,9 @@ setup   creates each adapter's stream (stream.name, default CHORIA_<ADAPTER>) on
         Adapters with the same stream.name share one stream: subjects are merged, all other
         stream.* settings must agree (else exit 78). Settings the configuration does not
         describe (description, max_bytes, compression, ...) are left as they are.
+        On nats-server 2.14+ (JetStream API level 4) the stream gets allow_batched, so that
+        adapters can publish in fast-ingest batches (stream.publish auto or batched); setup
+        prints whether it did.
 status  shows per adapter its stream's messages, bytes, first/last message time and the number
         of distinct subjects (one per node for a %s topic), or that the stream is missing.
 
@@ -202,6 +205,8 @@ async def _setup(plans: Sequence[tuple[dict[str, Any], StreamPlan]], dry_run: bo
                     status = EXIT_FAILURE
                     continue
                 print(outcome.describe(dry_run), file=out if outcome.ok else sys.stderr)
+                if outcome.ok and outcome.note:
+                    print(f"  {outcome.note}", file=out)
                 if not outcome.ok:
                     status = EXIT_FAILURE
         finally:

@@ -217,6 +217,7 @@ STREAM = struct(
         "ack_timeout": Field(DURATION),
         "retry_budget": Field(DURATION),
         "max_pending": Field(integer(1, 65536)),
+        "publish": Field(enum("auto", "batched", "acked")),
         "name": Field(STREAM_NAME),
         "subjects": Field(array(SUBJECT, min_size=1)),
         "max_age": Field(DURATION),

@@ -282,6 +282,14 @@ ADAPTER_KEYS: tuple[AdapterKey, ...] = (
         "stream.max_pending", "stream_max_pending", integer(1, 65536), 512, "in flight per publisher", False
     ),
     AdapterKey(
+        "stream.publish",
+        "stream_publish",
+        one_of("auto", "batched", "acked"),
+        "auto",
+        "batched (fast-ingest) or acked publishing; auto: batched when server and stream allow",
+        False,
+    ),
+    AdapterKey(
         "shutdown_grace", "shutdown_grace", duration(0, 3600), 10.0, "time to confirm queue on stop", False
     ),
     AdapterKey("stream.name", "stream_name", stream_name, None, "stream name (default CHORIA_<NAME>)", False),
@@ -347,6 +355,7 @@ class AdapterSettings:
     stream_ack_timeout: float
     stream_retry_budget: float
     stream_max_pending: int
+    stream_publish: str
     shutdown_grace: float
     stream_name: str
     stream_subjects: tuple[str, ...]

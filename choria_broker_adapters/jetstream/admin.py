@@ -24,6 +24,8 @@ from choria_broker_adapters.jetstream.plan import (
     Action,
     DesiredStream,
     StreamChange,
+    batching_note,
+    for_server,
     plan_change,
     updated_config,
 )
@@ -74,12 +76,20 @@ async def stream_info(client: Client, name: str) -> dict[str, Any] | None:
         raise
 
 
+async def jetstream_api_level(client: Client) -> int | None:
+    """The JetStream API level of the connected server ($JS.API.INFO), None when it names none."""
+    response = await jetstream_request(client, f"{API_PREFIX}.INFO")
+    level = (response.get("api") or {}).get("level")
+    return level if isinstance(level, int) else None
+
+
 @dataclass(frozen=True)
 class SetupOutcome:
     """What setup did to one stream; `error` set when JetStream refused the create/update."""
 
     change: StreamChange
     error: str | None = None
+    note: str = ""  # whether the stream takes fast-ingest batches on this server
 
     @property
     def ok(self) -> bool:
@@ -93,12 +103,18 @@ class SetupOutcome:
 
 
 async def apply_stream(client: Client, stream: DesiredStream, *, dry_run: bool = False) -> SetupOutcome:
-    """Create or update `stream` to match the configuration, unless refused or dry_run."""
+    """Create or update `stream` to match the configuration, unless refused or dry_run.
+
+    On servers with fast-ingest batches (JetStream API level 4+) the stream allows them.
+    """
+    api_level = await jetstream_api_level(client)
+    stream = for_server(stream, api_level)
+    note = batching_note(stream, api_level)
     info = await stream_info(client, stream.name)
     existing = None if info is None else info["config"]
     change = plan_change(stream, existing)
     if dry_run or change.action in (Action.UP_TO_DATE, Action.REFUSE):
-        return SetupOutcome(change)
+        return SetupOutcome(change, note=note)
     try:
         if change.action is Action.CREATE:
             await jetstream_request(
@@ -110,8 +126,8 @@ async def apply_stream(client: Client, stream: DesiredStream, *, dry_run: bool =
                 client, f"{API_PREFIX}.STREAM.UPDATE.{stream.name}", updated_config(stream, existing)
             )
     except JetStreamAdminError as error:
-        return SetupOutcome(change, str(error.args[0]))
-    return SetupOutcome(change)
+        return SetupOutcome(change, str(error.args[0]), note=note)
+    return SetupOutcome(change, note=note)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ Decisions documented here because operators meet them as messages:
   all feed CHORIA_REGISTRATION"; silently picking one adapter's max_age would not be.
 * Only the fields the configuration describes are managed (subjects, max_age, storage,
   replicas, max_msgs_per_subject, duplicate_window, retention=limits, discard=old, and
-  allow_direct=true, which `nodes` needs to read each node's last message in batches). An update
+  allow_direct=true, which `nodes` needs to read each node's last message in batches; and
+  allow_batched=true for fast-ingest publishing where the server supports it: the admin side
+  sets `allow_batched` on the desired stream only then, because servers before 2.14 refuse
+  the field). An update
   starts from the stream's current configuration, so settings made by hand elsewhere
   (description, compression, max_bytes, ...) survive.
 * Changes JetStream cannot make in place (verified against nats-server 2.15.1): the storage
@@ -25,11 +28,13 @@ Decisions documented here because operators meet them as messages:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
 NANOSECONDS = 1_000_000_000
+# The JetStream API level from which streams take `allow_batched` (fast-ingest, nats-server 2.14).
+FAST_INGEST_API_LEVEL = 4
 # nats-server's default duplicate window, applied when the configured one is 0.
 SERVER_DEFAULT_DUPLICATE_WINDOW = 120.0
 NODE_PLACEHOLDER = "%s"
@@ -205,6 +210,8 @@ class DesiredStream:
     retention: str = "limits"
     discard: str = "old"
     allow_direct: bool = True
+    # Fast-ingest batch publishing; only set for servers that know the option (API level 4+).
+    allow_batched: bool = False
 
     @property
     def effective_duplicate_window(self) -> float:
@@ -226,11 +233,30 @@ class DesiredStream:
             "duplicate_window": _to_nanoseconds(self.effective_duplicate_window),
             "discard": self.discard,
             "allow_direct": self.allow_direct,
+            **({"allow_batched": True} if self.allow_batched else {}),
         }
 
     def create_config(self) -> dict[str, Any]:
         """The JetStream API body for STREAM.CREATE."""
         return {"name": self.name, **self.managed_values(), "max_msgs": -1, "max_bytes": -1}
+
+
+def for_server(stream: DesiredStream, api_level: int | None) -> DesiredStream:
+    """The stream as a server at `api_level` can hold it: `allow_batched` where it exists."""
+    supported = api_level is not None and api_level >= FAST_INGEST_API_LEVEL
+    return replace(stream, allow_batched=supported)
+
+
+def batching_note(stream: DesiredStream, api_level: int | None) -> str:
+    """Why `streams setup` could not allow fast-ingest batches ("" when it did: the change says so)."""
+    if stream.allow_batched:
+        return ""
+    shown = "unknown" if api_level is None else str(api_level)
+    return (
+        f"{stream.name}: allow_batched not set: this server's JetStream API level is {shown}, fast-ingest "
+        f"batches need {FAST_INGEST_API_LEVEL} (nats-server 2.14+); adapters publish with per-message "
+        "acknowledgements"
+    )
 
 
 def _to_nanoseconds(seconds: float) -> int:
@@ -448,7 +474,7 @@ def describe_value(field_name: str, value: Any) -> str:
         return "unlimited" if value <= 0 else str(value)
     if field_name == "subjects":
         return ", ".join(value) if value else "(none)"
-    if field_name == "allow_direct":
+    if field_name in ("allow_direct", "allow_batched"):
         return "on" if value else "off"
     return str(value)
 
@@ -460,6 +486,7 @@ def describe_desired(stream: DesiredStream) -> str:
         f"replicas {stream.num_replicas}, "
         f"max_msgs_per_subject {describe_value('max_msgs_per_subject', stream.max_msgs_per_subject)}, "
         f"duplicate_window {format_duration(stream.effective_duplicate_window)}"
+        + (", allow_batched on" if stream.allow_batched else "")
     )
 
 
@@ -484,7 +511,7 @@ def _from_api_value(field_name: str, value: Any) -> Any:
         return tuple(value or ())
     if field_name == "max_msgs_per_subject":
         return -1 if (value or 0) <= 0 else value
-    if field_name == "allow_direct":
+    if field_name in ("allow_direct", "allow_batched"):
         return bool(value)
     return value
 

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import nats.errors
 import nats.js.errors
@@ -108,7 +108,7 @@ def interpret_ack(data: bytes, headers: Mapping[str, str] | None, subject: str) 
         return AckVerdict(False, reason=f"unexpected JetStream acknowledgement: {data[:200]!r}")
     error = document.get("error")
     if error is not None:
-        return AckVerdict(False, reason=_describe_api_error(error, subject))
+        return AckVerdict(False, reason=describe_api_error(error, subject))
     if "stream" not in document:
         return AckVerdict(False, reason=f"acknowledgement names no stream: {data[:200]!r}")
     seq = document.get("seq")
@@ -117,7 +117,7 @@ def interpret_ack(data: bytes, headers: Mapping[str, str] | None, subject: str) 
     )
 
 
-def _describe_api_error(error: Any, subject: str) -> str:
+def describe_api_error(error: Any, subject: str) -> str:
     if not isinstance(error, dict):
         return f"JetStream error: {error}"
     description = str(error.get("description", "")).strip()
@@ -162,6 +162,29 @@ class _Pending:
         self.in_flight = False  # True: waiting for an ack until `due`; False: resend at `due`
         self.due = now
         self.reason: str | None = None
+
+
+class Publisher(Protocol):
+    """What an adapter needs of a JetStream publisher: `AckedPublisher` or `BatchPublisher`.
+
+    Outcomes go to the `on_acked` / `on_result` callbacks given at construction.
+    """
+
+    name: str
+    accepted: int  # messages publish() has taken (so a caller can tell whether it took one)
+
+    @property
+    def mode(self) -> str: ...  # "acked" or "batched": how messages are confirmed right now
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def max_pending(self) -> int: ...
+    async def start(self) -> None: ...
+    async def publish(self, subject: str, body: bytes, msg_id: str) -> None: ...
+    async def flush(self, timeout: float) -> int: ...
+    async def close(self) -> None: ...
 
 
 class AckedPublisher:
@@ -226,6 +249,10 @@ class AckedPublisher:
         self.retries = 0
         self.dropped = 0
         self.abandoned = 0  # unconfirmed when close() was called; on_result is not called for them
+
+    @property
+    def mode(self) -> str:
+        return "acked"
 
     @property
     def in_flight(self) -> int:

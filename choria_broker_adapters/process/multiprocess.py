@@ -370,4 +370,7 @@ def sum_adapter_states(per_process: list[list[dict[str, Any]]]) -> list[dict[str
                         total["counts"][count] = total["counts"].get(count, 0) + number
                 elif isinstance(value, int | float) and not isinstance(value, bool):
                     total[key] = total.get(key, 0) + value
+                elif isinstance(value, str) and key not in ("name", "type"):
+                    # Settings and choices: shown when every process agrees.
+                    total[key] = value if total.get(key, value) == value else "mixed"
     return list(totals.values())

@@ -10,6 +10,7 @@ type Choria::Adapter::Stream = Struct[{
     Optional['ack_timeout']          => Choria::Duration,
     Optional['retry_budget']         => Choria::Duration,
     Optional['max_pending']          => Integer[1, 65536],
+    Optional['publish']              => Enum['auto', 'batched', 'acked'],
     Optional['name']                 => Choria::StreamName,
     Optional['subjects']             => Array[Choria::Subject, 1],
     Optional['max_age']              => Choria::Duration,

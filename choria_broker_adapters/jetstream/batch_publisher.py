@@ -1,0 +1,683 @@
+"""Fast-ingest batch publishing into JetStream (nats-server 2.14+, streams with `allow_batched`).
+
+`BatchPublisher` keeps the promise of `AckedPublisher` (every message ends ACKED, DUPLICATE or
+DROPPED, retried with the same Nats-Msg-Id within the same budget) while JetStream confirms
+many messages with one flow acknowledgement instead of one reply each. docs/fast-ingest.md
+describes the protocol as this module relies on it; in short:
+
+* Every message goes to its own subject with the reply subject
+  `<inbox>.<flow>.fail.<seq>.<op>.$FI`; the inbox's last token names the batch, `seq` counts
+  from 1, `op` says start / append / end-of-batch / ping. JetStream answers on the inbox.
+* `gap=fail`: a flow ack `{"type":"ack","seq":S}` means messages 1..S are stored. Messages are
+  held until an ack covers them; anything else (a gap, an error, an unknown batch, silence,
+  a disconnect) ends the batch, and the publisher opens a new one and resends every held
+  message with its Nats-Msg-Id: the stream's duplicate window skips those already stored.
+* A batch opens with one message and waits for the first reply: a flow ack proves the
+  server batches; a plain acknowledgement (a server before 2.14) or "batch publish is
+  disabled" switches this publisher to per-message acks for good (`AckedPublisher`).
+* When input pauses the batch is ended (end-of-batch commit), so JetStream confirms what is
+  held and never forgets an idle batch (it drops one after 10 s without traffic).
+
+JetStream skips duplicates inside a batch without telling: messages are reported ACKED (stored),
+and `duplicates` only counts what a per-message acknowledgement reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from choria_broker_adapters.jetstream.plan import FAST_INGEST_API_LEVEL
+from choria_broker_adapters.jetstream.publisher import (
+    DESCRIPTION_HEADER,
+    MSG_ID_HEADER,
+    NO_RESPONDERS_STATUS,
+    STATUS_HEADER,
+    AckedPublisher,
+    PublishOutcome,
+    PublishResult,
+    backoff_delay,
+    describe_api_error,
+    describe_exception,
+    no_stream_reason,
+)
+
+try:
+    from orjson import loads as _json_loads
+except ImportError:  # pragma: no cover - orjson is an optional speed-up
+    from json import loads as _json_loads
+
+log = logging.getLogger(__name__)
+
+# The largest flow interval nats-server grants.
+SERVER_MAX_FLOW = 500
+# Flow windows kept outstanding: the requested interval is max_pending / WINDOWS, so the
+# publisher keeps sending while JetStream confirms the earlier windows.
+WINDOWS = 4
+# err_code values of the fast-ingest API.
+BATCH_DISABLED = 10205
+UNKNOWN_BATCH = 10208
+
+OP_START, OP_APPEND, OP_COMMIT, OP_END, OP_PING = 0, 1, 2, 3, 4
+
+
+class PublishMode(enum.StrEnum):
+    AUTO = "auto"
+    BATCHED = "batched"
+    ACKED = "acked"
+
+
+def choose_publish_mode(
+    setting: str, *, stream_allows_batches: bool | None, server_api_level: int | None
+) -> tuple[PublishMode, str]:
+    """The publisher an adapter uses, and why (for the start-up log line). Pure.
+
+    `stream_allows_batches` / `server_api_level` are None when they could not be learnt.
+    """
+    if setting == PublishMode.ACKED:
+        return PublishMode.ACKED, "stream.publish = acked"
+    if setting == PublishMode.BATCHED:
+        return PublishMode.BATCHED, (
+            "stream.publish = batched (falls back to per-message acks if JetStream does not batch)"
+        )
+    if server_api_level is None or stream_allows_batches is None:
+        return PublishMode.ACKED, "auto: could not learn whether the server and stream allow batches"
+    if server_api_level < FAST_INGEST_API_LEVEL:
+        return PublishMode.ACKED, (
+            f"auto: the server's JetStream API level {server_api_level} predates fast-ingest batches "
+            f"(level {FAST_INGEST_API_LEVEL}, nats-server 2.14)"
+        )
+    if not stream_allows_batches:
+        return PublishMode.ACKED, (
+            "auto: the stream does not allow batched publishing (allow_batched; `streams setup` turns it on)"
+        )
+    return PublishMode.BATCHED, "auto: the server and the stream allow fast-ingest batches"
+
+
+def requested_flow(max_pending: int) -> int:
+    """The flow interval to ask for: a few windows fit in `max_pending`, within the server's cap."""
+    return max(1, min(SERVER_MAX_FLOW, max_pending // WINDOWS))
+
+
+class _Held:
+    """One message from `publish` until a flow ack or final ack covers it, or it is dropped."""
+
+    __slots__ = ("attempts", "body", "first_sent", "headers", "msg_id", "reason", "subject")
+
+    def __init__(self, subject: str, body: bytes, msg_id: str, now: float) -> None:
+        self.subject = subject
+        self.body = body
+        self.msg_id = msg_id
+        self.headers = {MSG_ID_HEADER: msg_id}
+        self.first_sent = now
+        self.attempts = 0
+        self.reason: str | None = None
+
+
+class _State(enum.Enum):
+    OPENING = "opening"  # the first message is sent; waiting for the first reply
+    OPEN = "open"
+    ENDING = "ending"  # the end-of-batch commit is sent; waiting for the final ack
+
+
+class _Batch:
+    __slots__ = (
+        "base",
+        "inbox",
+        "interval",
+        "pinged",
+        "quiet_since",
+        "reconnects",
+        "reply_prefix",
+        "sent",
+        "state",
+        "subscription",
+    )
+
+    def __init__(self, inbox: str, flow: int, reconnects: int, now: float) -> None:
+        self.inbox = inbox
+        self.reply_prefix = f"{inbox}.{flow}.fail."
+        self.base = 0  # batch sequence of the last covered message; held[0] is base + 1
+        self.sent = 0  # held messages sent in this batch, counted from held[0]
+        self.interval = 1  # the flow interval the server announced last
+        self.state = _State.OPENING
+        self.subscription: Any = None
+        self.reconnects = reconnects
+        self.quiet_since = now  # since when a reply is awaited without one arriving
+        self.pinged = False
+
+
+class BatchPublisher:
+    """Publish through fast-ingest batches; the interface and accounting of `AckedPublisher`.
+
+    `publish` returns once the message is handed to the client (or held for sending) and waits
+    only while `max_pending` messages are unconfirmed. Outcomes go to `on_acked` (stored at the
+    first attempt) or `on_result`, on the event loop. One batch is open at a time.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        max_pending: int = 512,
+        ack_timeout: float = 5.0,
+        retry_budget: float = 60.0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        on_result: Callable[[PublishResult], None] | None = None,
+        on_acked: Callable[[], None] | None = None,
+        name: str = "",
+        pause: float = 0.1,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        if ack_timeout <= 0 or retry_budget < 0 or backoff_initial <= 0 or backoff_max < backoff_initial:
+            raise ValueError(
+                "need ack_timeout > 0, retry_budget >= 0, 0 < backoff_initial <= backoff_max; got "
+                f"{ack_timeout=}, {retry_budget=}, {backoff_initial=}, {backoff_max=}"
+            )
+        self._nc = nc
+        self._max_pending = max_pending
+        self._ack_timeout = ack_timeout
+        self._retry_budget = retry_budget
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._on_result = on_result
+        self._on_acked = on_acked
+        self.name = name
+        # Input quiet for this long ends the batch, so JetStream confirms what is held; keep it
+        # well below ack_timeout, or held messages time out before the batch is ended.
+        self._pause = pause
+        self._flow = requested_flow(max_pending)
+        self._tick = max(0.005, min(0.05, backoff_initial, self._pause / 2))
+        self._held: deque[_Held] = deque()
+        self._batch: _Batch | None = None
+        self._failures = 0  # consecutive failed batches, for the backoff
+        self._retry_at = 0.0
+        self._last_publish = 0.0
+        self._flushing = False
+        self._fallback: AckedPublisher | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._started = False
+        self._closed = False
+        self.accepted = 0  # messages taken by publish(), including those passed to the fallback
+        self.batches = 0  # batches opened
+        self.batch_failures = 0  # batches ended by a gap, an error, silence or a disconnect
+        self.fallback_reason: str | None = None
+        self.last_failure: str | None = None  # why the last batch ended without confirming
+        self._last_subject = ""  # where control messages go when nothing is held
+        self._acked = 0
+        self._retries = 0
+        self._dropped = 0
+        self._abandoned = 0
+
+    # -- the interface shared with AckedPublisher ----------------------------------------------
+
+    @property
+    def mode(self) -> PublishMode:
+        return PublishMode.ACKED if self._fallback is not None else PublishMode.BATCHED
+
+    @property
+    def in_flight(self) -> int:
+        """Messages not yet confirmed or dropped (held for a batch, or in the fallback's window)."""
+        fallback = self._fallback
+        return len(self._held) + (fallback.in_flight if fallback is not None else 0)
+
+    @property
+    def max_pending(self) -> int:
+        return self._max_pending
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def acked(self) -> int:
+        return self._acked + (self._fallback.acked if self._fallback else 0)
+
+    @property
+    def duplicates(self) -> int:
+        return self._fallback.duplicates if self._fallback else 0
+
+    @property
+    def retries(self) -> int:
+        return self._retries + (self._fallback.retries if self._fallback else 0)
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped + (self._fallback.dropped if self._fallback else 0)
+
+    @property
+    def abandoned(self) -> int:
+        return self._abandoned + (self._fallback.abandoned if self._fallback else 0)
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._timer = asyncio.create_task(self._timer_loop(), name=f"batch-publisher-timer-{self.name}")
+        self._started = True
+
+    async def publish(self, subject: str, body: bytes, msg_id: str) -> None:
+        """Hold and send one message; waits only while `max_pending` messages are unconfirmed."""
+        if self._fallback is not None:
+            await self._fallback.publish(subject, body, msg_id)
+            self.accepted += 1
+            return
+        held = self._held
+        while len(held) >= self._max_pending and not self._closed and self._fallback is None:
+            self._has_room.clear()
+            await self._has_room.wait()
+        if self._closed or not self._started:
+            raise RuntimeError(f"publisher {self.name!r} is {'closed' if self._closed else 'not started'}")
+        if self._fallback is not None:
+            await self._fallback.publish(subject, body, msg_id)
+            self.accepted += 1
+            return
+        now = time.monotonic()
+        self._last_publish = now
+        held.append(_Held(subject, body, msg_id, now))
+        self.accepted += 1
+        self._idle.clear()
+        batch = self._batch
+        if batch is None:
+            if now >= self._retry_at:
+                await self._open_batch()
+        elif (
+            batch.state is _State.OPEN
+            and batch.sent == len(held) - 1
+            and batch.sent < WINDOWS * batch.interval
+        ):
+            await self._send_next(batch)
+
+    async def flush(self, timeout: float) -> int:
+        """End the batch at once and wait until everything is confirmed or dropped; return the rest."""
+        self._flushing = True
+        try:
+            deadline = time.monotonic() + timeout
+            if self._held:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), timeout)
+            remaining = len(self._held)
+            if self._fallback is not None:
+                remaining += await self._fallback.flush(max(0.0, deadline - time.monotonic()))
+            return remaining
+        finally:
+            self._flushing = False
+
+    async def close(self) -> None:
+        """Stop the timer and the batch inbox; anything unconfirmed is abandoned (see `abandoned`)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._abandoned += len(self._held)
+        self._held.clear()
+        self._idle.set()
+        self._has_room.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        if self._batch is not None:
+            await self._unsubscribe(self._batch)
+            self._batch = None
+        for task in list(self._background):
+            with contextlib.suppress(Exception):
+                await task
+        if self._fallback is not None:
+            await self._fallback.close()
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def _open_batch(self) -> None:
+        """Start a new batch with the oldest held message; the rest follow after the first reply."""
+        nc = self._nc
+        if self._batch is not None or not self._held or self.fallback_reason is not None or self._closed:
+            return
+        if not nc.is_connected:
+            return
+        now = time.monotonic()
+        batch = _Batch(nc.new_inbox(), self._flow, nc.stats["reconnects"], now)
+        self._batch = batch
+        self.batches += 1
+        try:
+            batch.subscription = await nc.subscribe(f"{batch.inbox}.>", cb=self._reply_handler(batch))
+        except Exception as exc:
+            self._fail(batch, f"cannot subscribe to the batch inbox: {describe_exception(exc)}")
+            return
+        if self._batch is batch:
+            await self._send_next(batch)
+
+    async def _send_next(self, batch: _Batch) -> None:
+        """Send held[batch.sent]; the sequence is taken before the await so sends stay in order."""
+        if batch.sent >= len(self._held):
+            return
+        entry = self._held[batch.sent]
+        batch.sent += 1
+        seq = batch.base + batch.sent
+        if batch.sent == 1 and batch.base == 0:
+            op = OP_START
+            batch.quiet_since = time.monotonic()
+        else:
+            op = OP_APPEND
+            if batch.sent == 1:
+                batch.quiet_since = time.monotonic()
+        entry.attempts += 1
+        if entry.attempts > 1:
+            self._retries += 1
+        nc = self._nc
+        if not nc.is_connected:
+            self._fail(batch, "not connected to NATS")
+            return
+        try:
+            await nc.publish(
+                entry.subject, entry.body, reply=f"{batch.reply_prefix}{seq}.{op}.$FI", headers=entry.headers
+            )
+        except (nats.errors.MaxPayloadError, nats.errors.BadSubjectError) as exc:
+            # No retry cures these; only this message is dropped, the batch is resent without it.
+            if self._batch is batch:
+                self._fail(batch, f"cannot publish: {describe_exception(exc)}", drop=entry)
+        except Exception as exc:
+            if self._batch is batch:
+                self._fail(batch, f"publish failed: {describe_exception(exc)}")
+
+    async def _pump(self, batch: _Batch) -> None:
+        """Send held messages while the batch is open and the server's flow windows allow."""
+        held = self._held
+        while (
+            self._batch is batch
+            and batch.state is _State.OPEN
+            and batch.sent < len(held)
+            and batch.sent < WINDOWS * batch.interval
+        ):
+            await self._send_next(batch)
+
+    async def _end_batch(self, batch: _Batch) -> None:
+        """Commit without a message (end of batch): JetStream answers with the final ack."""
+        batch.state = _State.ENDING
+        batch.quiet_since = time.monotonic()
+        batch.pinged = False
+        await self._control(batch, OP_END, batch.base + batch.sent + 1)
+
+    async def _control(self, batch: _Batch, op: int, seq: int) -> None:
+        if not self._nc.is_connected:
+            self._fail(batch, "not connected to NATS")
+            return
+        subject = self._held[0].subject if self._held else self._last_subject
+        try:
+            await self._nc.publish(subject, b"", reply=f"{batch.reply_prefix}{seq}.{op}.$FI")
+        except Exception as exc:
+            if self._batch is batch:
+                self._fail(batch, f"publish failed: {describe_exception(exc)}")
+
+    # -- replies ---------------------------------------------------------------------------------
+
+    def _reply_handler(self, batch: _Batch) -> Callable[[Msg], Any]:
+        async def on_reply(msg: Msg) -> None:
+            if self._batch is not batch:
+                return  # a late reply to a batch already given up
+            await self._on_reply(batch, msg)
+
+        return on_reply
+
+    async def _on_reply(self, batch: _Batch, msg: Msg) -> None:
+        data = msg.data
+        headers = msg.headers
+        if headers and headers.get(STATUS_HEADER):
+            status = headers[STATUS_HEADER]
+            subject = self._held[0].subject if self._held else ""
+            if status == NO_RESPONDERS_STATUS:
+                self._fail(batch, f"{no_stream_reason(subject)} (503 no responders)")
+            else:
+                self._fail(batch, f"status {status} {headers.get(DESCRIPTION_HEADER, '')}".strip())
+            return
+        try:
+            document = _json_loads(data)
+        except ValueError:
+            self._fail(batch, f"unparseable JetStream reply: {data[:200]!r}")
+            return
+        if not isinstance(document, dict):
+            self._fail(batch, f"unexpected JetStream reply: {data[:200]!r}")
+            return
+        kind = document.get("type")
+        if kind == "ack":
+            await self._on_flow_ack(batch, document)
+        elif kind == "gap":
+            self._fail(
+                batch,
+                f"JetStream missed batch messages {document.get('last_seq')}..{document.get('seq')}",
+            )
+        elif kind == "err":
+            error = document.get("error")
+            reason = describe_api_error(error, self._held[0].subject if self._held else "")
+            self._fail(batch, reason)
+        elif "error" in document:
+            await self._on_error_ack(batch, document)
+        elif "stream" in document:
+            await self._on_final_ack(batch, document)
+        else:
+            self._fail(batch, f"unexpected JetStream reply: {data[:200]!r}")
+
+    async def _on_flow_ack(self, batch: _Batch, document: dict[str, Any]) -> None:
+        seq = document.get("seq")
+        interval = document.get("msgs")
+        if not isinstance(seq, int) or seq < batch.base:
+            return
+        if isinstance(interval, int) and interval > 0:
+            batch.interval = interval
+        if batch.state is _State.OPENING:
+            batch.state = _State.OPEN
+        self._cover(batch, seq - batch.base)
+        batch.quiet_since = time.monotonic()
+        batch.pinged = False
+        if self._batch is batch:
+            await self._pump(batch)
+
+    async def _on_final_ack(self, batch: _Batch, document: dict[str, Any]) -> None:
+        if document.get("batch") is None:
+            # A plain acknowledgement: the server stored the first message as an ordinary
+            # publish, so it does not know fast-ingest batches (before 2.14).
+            self._cover(batch, 1, duplicate=document.get("duplicate") is True)
+            await self._fall_back(
+                batch, "JetStream acknowledged a batch message as a single publish (nats-server before 2.14)"
+            )
+            return
+        count = document.get("count")
+        covered = count - batch.base if isinstance(count, int) else 0
+        self._cover(batch, min(covered, batch.sent), duplicate=document.get("duplicate") is True)
+        await self._unsubscribe(batch)
+        if self._batch is batch:
+            self._batch = None
+            if self._held:
+                await self._open_batch()
+
+    async def _on_error_ack(self, batch: _Batch, document: dict[str, Any]) -> None:
+        error = document["error"]
+        code = error.get("err_code") if isinstance(error, dict) else None
+        subject = self._held[0].subject if self._held else ""
+        if code == BATCH_DISABLED:
+            await self._fall_back(batch, f"the stream does not allow batched publishing ({code})")
+        else:
+            self._fail(batch, describe_api_error(error, subject))
+
+    def _cover(self, batch: _Batch, count: int, *, duplicate: bool = False) -> None:
+        """The next `count` held messages of the batch are stored: report and release them."""
+        if count <= 0:
+            return
+        count = min(count, batch.sent)
+        held = self._held
+        on_acked = self._on_acked
+        on_result = self._on_result
+        self._failures = 0
+        try:
+            for _ in range(count):
+                entry = held.popleft()
+                if entry.attempts == 1 and on_acked is not None and not duplicate:
+                    self._acked += 1
+                    on_acked()
+                else:
+                    outcome = PublishOutcome.DUPLICATE if duplicate else PublishOutcome.ACKED
+                    if not duplicate:
+                        self._acked += 1
+                    if on_result is not None:
+                        on_result(PublishResult(entry.subject, entry.msg_id, outcome, entry.attempts))
+                self._last_subject = entry.subject
+        except Exception:
+            log.exception("publisher %s: result callback failed", self.name)
+        batch.base += count
+        batch.sent -= count
+        self._released()
+
+    def _released(self) -> None:
+        self._has_room.set()
+        if not self._held:
+            self._idle.set()
+
+    # -- failures ----------------------------------------------------------------------------------
+
+    def _fail(self, batch: _Batch, reason: str, *, drop: _Held | None = None) -> None:
+        """The batch is over without confirming the held messages: schedule a new one, or drop."""
+        if self._batch is not batch:
+            return
+        self._batch = None
+        self.batch_failures += 1
+        self.last_failure = reason
+        self._spawn(self._unsubscribe(batch))
+        log.debug("publisher %s: batch %s ended: %s", self.name, batch.inbox, reason)
+        now = time.monotonic()
+        if drop is not None and drop in self._held:
+            self._held.remove(drop)
+            self._drop(drop, reason)
+        for entry in self._held:
+            entry.reason = reason
+        self._failures += 1
+        self._retry_at = now + backoff_delay(self._failures, self._backoff_initial, self._backoff_max)
+        self._expire(self._retry_at)
+
+    def _expire(self, resend_at: float) -> None:
+        """Drop the held messages a resend at `resend_at` would take beyond the retry budget.
+
+        Only while no batch is open: an open batch numbers its messages from held[0].
+        """
+        if self._batch is not None:
+            return
+        held = self._held
+        budget = self._retry_budget
+        while held and resend_at - held[0].first_sent > budget:
+            entry = held.popleft()
+            self._drop(entry, entry.reason or "not connected to NATS")
+        self._released()
+
+    def _drop(self, entry: _Held, reason: str) -> None:
+        self._dropped += 1
+        log.debug(
+            "publisher %s: dropped %s after %d attempts: %s", self.name, entry.subject, entry.attempts, reason
+        )
+        if self._on_result is not None:
+            try:
+                self._on_result(
+                    PublishResult(entry.subject, entry.msg_id, PublishOutcome.DROPPED, entry.attempts, reason)
+                )
+            except Exception:
+                log.exception("publisher %s: result callback failed", self.name)
+
+    async def _fall_back(self, batch: _Batch, reason: str) -> None:
+        """Switch to per-message acks for good; held messages go to the acked publisher."""
+        if self._batch is batch:
+            self._batch = None
+        await self._unsubscribe(batch)
+        if self.fallback_reason is not None:
+            return
+        self.fallback_reason = reason  # from here on no batch is opened
+        log.warning(
+            "publisher %s: %s; publishing with per-message acknowledgements from now on", self.name, reason
+        )
+        fallback = AckedPublisher(
+            self._nc,
+            max_pending=self._max_pending,
+            ack_timeout=self._ack_timeout,
+            retry_budget=self._retry_budget,
+            backoff_initial=self._backoff_initial,
+            backoff_max=self._backoff_max,
+            on_result=self._on_result,
+            on_acked=self._on_acked,
+            name=self.name,
+        )
+        await fallback.start()
+        self._fallback = fallback
+        held = list(self._held)
+        self._held.clear()
+        self._released()
+        for entry in held:
+            await fallback.publish(entry.subject, entry.body, entry.msg_id)
+
+    async def _unsubscribe(self, batch: _Batch) -> None:
+        subscription, batch.subscription = batch.subscription, None
+        if subscription is None or self._nc.is_closed:
+            return
+        try:
+            await subscription.unsubscribe()
+        except (nats.errors.Error, asyncio.CancelledError) as exc:
+            log.debug("publisher %s: unsubscribing the batch inbox failed: %r", self.name, exc)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- the timer ---------------------------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        """Ends paused batches, pings and times out silent ones, reopens after failures."""
+        while self._fallback is None:
+            await asyncio.sleep(self._tick)
+            try:
+                await self._check(time.monotonic())
+            except Exception:
+                log.exception("publisher %s: batch timer failed", self.name)
+
+    async def _check(self, now: float) -> None:
+        nc = self._nc
+        batch = self._batch
+        if batch is None:
+            if not self._held:
+                return
+            self._expire(now)
+            if self._held and now >= self._retry_at and nc.is_connected:
+                await self._open_batch()
+            return
+        if not nc.is_connected or nc.stats["reconnects"] != batch.reconnects:
+            # Whatever the old connection carried is unknown; nats-py may also replay buffered
+            # publishes of this batch, which JetStream answers on the inbox we give up here.
+            self._fail(batch, "not connected to NATS" if not nc.is_connected else "reconnected to NATS")
+            return
+        waiting = batch.state is not _State.OPEN or batch.sent > 0
+        quiet = now - batch.quiet_since
+        if waiting and quiet > self._ack_timeout:
+            self._fail(batch, f"no acknowledgement within {self._ack_timeout:g}s")
+            return
+        if waiting and quiet > self._ack_timeout / 2 and not batch.pinged and batch.state is _State.OPEN:
+            # Asks JetStream to repeat its last flow ack; an unknown batch answers with an error.
+            batch.pinged = True
+            await self._control(batch, OP_PING, batch.base + batch.sent)
+            return
+        if (
+            batch.state is _State.OPEN
+            and batch.sent == len(self._held)
+            and (self._flushing or now - self._last_publish >= self._pause)
+        ):
+            await self._end_batch(batch)
