@@ -168,3 +168,14 @@ def test_discovery_file_is_sorted_and_valid() -> None:
 def test_schema_file_rejects_broken_documents(broken: dict[str, Any]) -> None:
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, SCHEMA)
+
+
+@pytest.mark.parametrize("backend", ["default", "stdlib"])
+def test_json_text_is_the_same_with_either_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from choria_broker_adapters.cli.nodes import json_text
+    from choria_broker_adapters.codec import jsonfast
+
+    if backend == "stdlib":
+        monkeypatch.setattr(jsonfast, "orjson", None)
+    document = {"nodes": [{"name": "ü", "facts": {"big": 2**70, "list": [1, {"a": None}], "empty": {}}}]}
+    assert json_text(document) == json.dumps(document, indent=2, ensure_ascii=False) + "\n"

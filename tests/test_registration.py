@@ -210,6 +210,11 @@ UNREADABLE = [
         "zcontent is not valid base64",
     ),
     (
+        "zcontent not ascii",
+        stored({"protocol": "choria:registration:inventorycontent:1", "zcontent": "ü"}),
+        "zcontent is not valid base64",
+    ),
+    (
         "zcontent not gzip",
         stored(
             {

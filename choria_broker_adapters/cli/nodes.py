@@ -17,7 +17,7 @@ import yaml
 
 from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, load_settings_or_report
 from choria_broker_adapters.cli.streams import SETUP_HINT, ConnectFailure, _connect, connection_options
-from choria_broker_adapters.codec import nodelist
+from choria_broker_adapters.codec import jsonfast, nodelist
 from choria_broker_adapters.codec.nodelist import Filters
 from choria_broker_adapters.config.settings import AdapterSettings, Settings, parse_duration
 from choria_broker_adapters.jetstream import inventory as stream_inventory
@@ -269,7 +269,7 @@ def show(
             "nodes": [nodelist.row_document(row, now, stale_after) for row in shown],
             "summary": nodelist.summary_document(summary, stale_after),
         }
-        out.write(json.dumps(document, indent=2) + "\n")
+        out.write(json_text(document))
     else:
         if shown:
             out.write("\n".join(nodelist.table_lines(shown, now)) + "\n")
@@ -293,9 +293,7 @@ def export(
     document = nodelist.discovery_file(nodes)
     yaml_wanted = as_yaml or (output is not None and Path(output).suffix in (".yaml", ".yml"))
     text = (
-        yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-        if yaml_wanted
-        else json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        yaml.safe_dump(document, sort_keys=False, allow_unicode=True) if yaml_wanted else json_text(document)
     )
     if output is None:
         out.write(text)
@@ -307,6 +305,16 @@ def export(
         return EXIT_FAILURE
     print(f"wrote {len(nodes)} nodes to {output}", file=sys.stderr)
     return EXIT_OK
+
+
+def json_text(document: Any) -> str:
+    """Indented JSON with a final newline; orjson when installed (the listing can be large)."""
+    if jsonfast.orjson is not None:
+        try:
+            return jsonfast.orjson.dumps(document, option=jsonfast.orjson.OPT_INDENT_2).decode() + "\n"
+        except TypeError:  # e.g. an integer fact beyond 64 bits; the standard library writes it
+            pass
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:

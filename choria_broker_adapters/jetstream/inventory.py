@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -128,34 +128,56 @@ async def _direct_batch(client: Client, stream: str, body: dict[str, Any]) -> li
     """One batched direct get: the messages until the end-of-batch marker, resumed when cut short."""
     received: list[StoredMessage] = []
     while True:
-        inbox = client.new_inbox()
-        subscription = await client.subscribe(inbox)
-        try:
-            await client.publish(f"{API_PREFIX}.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=inbox)
+        end = await _direct_request(client, stream, body, received)
+        headers = end.headers or {}
+        status = headers.get(_STATUS)
+        if status == _STATUS_END_OF_BATCH:
+            pending = int(headers.get("Nats-Num-Pending", 0))
+        elif status == _STATUS_NOT_FOUND:
             pending = 0
-            while True:
-                try:
-                    msg = await subscription.next_msg(timeout=REPLY_TIMEOUT)
-                except nats.errors.TimeoutError:
-                    raise JetStreamAdminError(
-                        f"no answer from the JetStream direct get API of {stream} within {REPLY_TIMEOUT:g}s"
-                    ) from None
-                status = (msg.headers or {}).get(_STATUS)
-                if status is None:
-                    received.append(_message(msg))
-                    continue
-                if status == _STATUS_END_OF_BATCH:
-                    pending = int((msg.headers or {}).get("Nats-Num-Pending", 0))
-                    break
-                if status == _STATUS_NOT_FOUND:
-                    break
-                description = (msg.headers or {}).get("Description", "")
-                raise JetStreamAdminError(f"direct get from {stream} refused: {status} {description}".strip())
-        finally:
-            await subscription.unsubscribe()
+        else:
+            description = headers.get("Description", "")
+            raise JetStreamAdminError(f"direct get from {stream} refused: {status} {description}".strip())
         if pending == 0 or not received:
             return received
         body = {**body, "seq": received[-1].sequence + 1}
+
+
+async def _direct_request(
+    client: Client, stream: str, body: dict[str, Any], received: list[StoredMessage]
+) -> Msg:
+    """Send one direct get, append its messages to `received`; the status message that ends it.
+
+    Messages are taken by a subscription callback rather than `next_msg`, whose per-message
+    timeout costs more than decoding the message; the timeout applies to silence instead: the
+    request fails only when nothing arrived for REPLY_TIMEOUT.
+    """
+    finished: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+
+    async def take(msg: Msg) -> None:
+        headers = msg.headers
+        if headers is None or _STATUS not in headers:
+            received.append(_message(msg))
+        elif not finished.done():
+            finished.set_result(msg)
+
+    subscription = await client.subscribe(client.new_inbox(), cb=take)
+    try:
+        await client.publish(
+            f"{API_PREFIX}.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=subscription.subject
+        )
+        seen = -1
+        while not finished.done():
+            if len(received) == seen:
+                raise JetStreamAdminError(
+                    f"no answer from the JetStream direct get API of {stream} within {REPLY_TIMEOUT:g}s"
+                )
+            seen = len(received)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(finished), REPLY_TIMEOUT)
+        return finished.result()
+    finally:
+        await subscription.unsubscribe()
 
 
 async def _last_by_subject(client: Client, stream: str, subject: str) -> StoredMessage | None:
