@@ -764,8 +764,19 @@ class StreamsAdapter:
             self._drop("internal")
             self._internal_error(self._warn_output, "stream", error, subject)
             return
+        msg_id = message_id(envelope)
+        oversize = publisher.too_large(body, msg_id)
+        if oversize is not None:
+            metrics.errors += 1
+            self._drop("encode")
+            self._warn_output.warn(
+                "encode:max_payload",
+                f"Cannot publish the output document, discarding: {oversize}",
+                {"subject": subject, "reason": "max_payload"},
+            )
+            return
         metrics.bytes += len(body)
-        await publisher.publish(subject, body, message_id(envelope))
+        await publisher.publish(subject, body, msg_id)
         metrics.observe(time.perf_counter() - started)
 
     def _acked_handler(self, worker: _StreamWorker) -> Callable[[], None]:

@@ -127,6 +127,30 @@ def describe_api_error(error: Any, subject: str) -> str:
     return f"JetStream error {codes}: {description}" if codes else f"JetStream error: {description}"
 
 
+def header_block_size(headers: Mapping[str, str]) -> int:
+    """Bytes of the header block nats-py writes for `headers`: `NATS/1.0` CRLF, one
+    `Name: value` CRLF per header, then CRLF. The server counts them against max_payload."""
+    return (
+        len(b"NATS/1.0\r\n")
+        + sum(len(name.encode()) + len(value.encode()) + 4 for name, value in headers.items())
+        + 2
+    )
+
+
+def oversize_reason(body_size: int, headers_size: int, max_payload: int) -> str | None:
+    """Why a message cannot be published to a server announcing `max_payload`, or None.
+
+    The server closes a connection that publishes more than max_payload of headers and payload
+    together; nats-py compares only the payload, so this is checked before publishing."""
+    total = body_size + headers_size
+    if total <= max_payload:
+        return None
+    return (
+        f"output of {body_size} bytes plus {headers_size} bytes of headers is {total} bytes, "
+        f"over the JetStream server's max_payload of {max_payload} bytes"
+    )
+
+
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random | None = None) -> float:
     """Capped exponential delay before retry number `attempt` (1-based), jittered to 50-100%.
 
@@ -277,6 +301,10 @@ class AckedPublisher:
         self._timer = asyncio.create_task(self._timer_loop(), name=f"acked-publisher-timer-{self.name}")
         self._started = True
 
+    def too_large(self, body: bytes, msg_id: str) -> str | None:
+        """Why `body` with its Nats-Msg-Id exceeds the connected server's max_payload, or None."""
+        return oversize_reason(len(body), header_block_size({MSG_ID_HEADER: msg_id}), self._nc.max_payload)
+
     async def publish(self, subject: str, body: bytes, msg_id: str) -> None:
         """Send one message; waits only while `max_pending` messages are unconfirmed."""
         while len(self._pending) >= self._max_pending and not self._closed:
@@ -327,6 +355,12 @@ class AckedPublisher:
             # Not handed to the client: its reconnect buffer would deliver the message after
             # the outage, possibly after we reported it DROPPED. We hold it and retry instead.
             self._failed(token, entry, "not connected to NATS", now)
+            return
+        # Checked at every attempt: a reconnection may reach a server with a smaller limit, and
+        # publishing over it would make that server close the connection.
+        oversize = oversize_reason(len(entry.body), header_block_size(entry.headers), self._nc.max_payload)
+        if oversize is not None:
+            self._finish(token, entry, PublishOutcome.DROPPED, reason=f"cannot publish: {oversize}")
             return
         try:
             await self._nc.publish(
