@@ -398,3 +398,29 @@ def test_missing_stream_and_bad_arguments(
     bad = tmp_path / "bad.conf"
     bad.write_text("plugin.choria.adapters = x\nplugin.choria.adapter.x.type = nope\n")
     assert run_cli(capsys, "nodes", "--config", str(bad))[0] == EXIT_CONFIG
+
+
+@pytest.mark.parametrize(
+    ("windows", "found"),
+    [
+        # A window starting after every stored message finds nothing; widening to the start does.
+        ((datetime.timedelta(hours=-1), None), True),
+        ((datetime.timedelta(hours=-1),), False),
+    ],
+)
+def test_export_looks_back_in_widening_windows(
+    filled: tuple[Path, Expected, NatsServer],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    windows: tuple[datetime.timedelta | None, ...],
+    found: bool,
+) -> None:
+    config, expected, _ = filled
+    monkeypatch.setattr(stream_inventory, "HISTORY_WINDOWS", windows)
+    status, out, _ = run_cli(
+        capsys, "nodes", "export", "--format", "inventory", "--config", str(config), "--disable-tls"
+    )
+    assert status == EXIT_OK
+    names = {node["name"] for node in json.loads(out)["nodes"]}
+    older_only = {"both.example.net", "corrupt.example.net"}
+    assert names == (set(expected.inventory) if found else set(expected.inventory) - older_only)

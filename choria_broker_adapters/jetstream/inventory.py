@@ -34,7 +34,7 @@ from nats.aio.msg import Msg
 
 from choria_broker_adapters.codec import nodelist
 from choria_broker_adapters.codec.nodelist import NodeRow
-from choria_broker_adapters.codec.registration import KIND_INVENTORY, decode_stored
+from choria_broker_adapters.codec.registration import KIND_INVENTORY, Inventory, decode_stored
 from choria_broker_adapters.jetstream.admin import (
     API_PREFIX,
     STREAM_NOT_FOUND,
@@ -47,6 +47,10 @@ MULTI_LAST_LIMIT = 1024
 CHUNKS_IN_FLIGHT = 4
 SINGLE_GETS_IN_FLIGHT = 256
 REPLY_TIMEOUT = 10.0
+# How far before a node's latest message `complete_inventories` looks for an inventory, widening
+# (None: from the subject's first message). Registrations come every few minutes by default.
+HISTORY_WINDOWS = (datetime.timedelta(minutes=30), datetime.timedelta(hours=6), None)
+HISTORY_IN_FLIGHT = 16
 NO_MESSAGE_FOUND = 10037  # JetStream err_code of STREAM.MSG.GET for "no message found"
 METHOD_DIRECT = "direct get (multi_last)"
 METHOD_SINGLE = "message get per subject (allow_direct is off)"
@@ -240,14 +244,31 @@ async def iter_latest(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def subject_history(client: Client, listing: SubjectListing, subject: str) -> list[StoredMessage]:
-    """Every stored message of one subject, oldest first, up to the listing's sequence."""
+async def subject_history(
+    client: Client,
+    listing: SubjectListing,
+    subject: str,
+    *,
+    before_sequence: int | None = None,
+    since: datetime.datetime | None = None,
+) -> list[StoredMessage]:
+    """Stored messages of one subject, oldest first, up to the listing's sequence.
+
+    `before_sequence` leaves out that message and later ones; `since` starts at that storage
+    time instead of the subject's first message (direct get only; the fallback reads from the start).
+    """
     count = listing.subjects.get(subject, 0)
-    if count == 0:
+    last = (
+        listing.last_sequence if before_sequence is None else min(listing.last_sequence, before_sequence - 1)
+    )
+    if count == 0 or last < 1:
         return []
     if listing.allow_direct:
-        body = {"next_by_subj": subject, "batch": count, "up_to_seq": listing.last_sequence}
-        return await _direct_batch(client, listing.stream, body)
+        body: dict[str, Any] = {"next_by_subj": subject, "batch": count}
+        if since is not None:
+            body["start_time"] = since.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+        messages = await _direct_batch(client, listing.stream, body)
+        return [message for message in messages if message.sequence <= last]
     history: list[StoredMessage] = []
     sequence = 1
     while len(history) < count:
@@ -263,7 +284,7 @@ async def subject_history(client: Client, listing: SubjectListing, subject: str)
                 break
             raise
         stored = _api_message(response["message"], subject)
-        if stored.sequence > listing.last_sequence:
+        if stored.sequence > last:
             break
         history.append(stored)
         sequence = stored.sequence + 1
@@ -323,18 +344,40 @@ async def complete_inventories(client: Client, fleet: Fleet) -> None:
     """Give nodes whose latest message is not an inventory their latest older inventory, if any.
 
     A node with both registration plugins alternates inventory and file-content messages on
-    one subject; an inventory export still wants its inventory. Only those subjects' histories
-    are read.
+    one subject; an inventory export still wants its inventory. Only those subjects are read,
+    and only back to HISTORY_WINDOWS before their latest message, widening until an inventory
+    or the subject's first message is found, so a week of registrations is not replayed.
     """
-    for index, row in enumerate(fleet.rows):
-        if row.kind == KIND_INVENTORY or row.stored_messages < 2:
-            continue
-        history = await subject_history(client, fleet.listing, row.subject)
+    limit = asyncio.Semaphore(HISTORY_IN_FLIGHT)
+
+    async def complete(index: int, row: NodeRow) -> None:
+        async with limit:
+            found = await _latest_inventory(client, fleet.listing, row)
+        if found is not None:
+            fleet.rows[index] = replace(row, inventory=found)
+
+    await asyncio.gather(
+        *(
+            complete(index, row)
+            for index, row in enumerate(fleet.rows)
+            if row.kind != KIND_INVENTORY and row.stored_messages > 1
+        )
+    )
+
+
+async def _latest_inventory(client: Client, listing: SubjectListing, row: NodeRow) -> Inventory | None:
+    for window in HISTORY_WINDOWS:
+        since = None if window is None or row.time is None else row.time - window
+        history = await subject_history(
+            client, listing, row.subject, before_sequence=row.sequence, since=since
+        )
         for message in reversed(history):
-            decoded = decode_stored(message.data)
-            if decoded.inventory is not None:
-                fleet.rows[index] = replace(row, inventory=decoded.inventory)
-                break
+            inventory = decode_stored(message.data).inventory
+            if inventory is not None:
+                return inventory
+        if since is None or len(history) >= row.stored_messages - 1:
+            return None  # that was the whole earlier history
+    return None
 
 
 async def glimpse(
