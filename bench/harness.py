@@ -451,7 +451,7 @@ def publish_setting(config: Path) -> str | None:
     adapter = load_settings(config).adapters[ADAPTER]
     for key, value, source in adapter.describe():
         if key.endswith(".stream.publish"):
-            return f"{value} ({source})"
+            return f"{value} ({'default' if source == 'default' else 'set with --runtime-setting'})"
     return None
 
 
