@@ -197,9 +197,14 @@ class Runtime:
             adapter = await self.adapter(name)
             counts = adapter["counts"]
             accounted = counts["stored"] + sum(
-                counts[f"dropped_{reason}"] for reason in ("subject", "encode", "publish")
+                counts[f"dropped_{reason}"] for reason in ("subject", "encode", "publish", "unconfirmed")
             )
-            return adapter["queued"] == 0 and adapter["in_flight"] == 0 and accounted == counts["received"]
+            return (
+                adapter["queued"] == 0
+                and adapter["in_flight"] == 0
+                and adapter["unconfirmed"] == 0
+                and accounted == counts["received"]
+            )
 
         await wait_until(settled, timeout, "the runtime to settle", interval=0.25)
         return await self.counts(name)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
+import signal
 from collections.abc import AsyncIterator, Callable
 
 import nats
@@ -23,6 +25,7 @@ from choria_broker_adapters.jetstream.publisher import (
     no_stream_reason,
     stream_for_subject,
 )
+from tests.runtime_support import wait_until
 
 _stream_numbers = itertools.count(1)
 
@@ -329,5 +332,75 @@ async def test_outage_longer_than_budget_drops_then_recovers(jetstream_server: N
     assert await publisher.flush(5) == 0
     assert publisher.acked == 10
     assert (await js.stream_info(stream)).state.messages == 10
+    await publisher.close()
+    await client.close()
+
+
+async def test_frozen_jetstream_given_up_then_late_ack_or_uncertain_drop(
+    jetstream_server: NatsServer,
+) -> None:
+    """SIGSTOP JetStream past the budget: acks within the linger are stored (late), the rest are
+    DROPPED as uncertain, and JetStream holds them all: the drop really is uncertain."""
+    client = await connect(jetstream_server)
+    js = client.jetstream()
+    stream, prefix = await new_stream(js)
+    results, on_result = collect()
+    assert jetstream_server.pid is not None
+    publishers = {
+        linger: AckedPublisher(
+            client,
+            ack_timeout=0.3,
+            retry_budget=0.8,
+            backoff_initial=0.05,
+            backoff_max=0.2,
+            on_result=on_result,
+            late_ack_linger=linger,
+            name=f"linger-{linger}",
+        )
+        for linger in (0.2, 10.0)
+    }
+    for publisher in publishers.values():
+        await publisher.start()
+    os.kill(jetstream_server.pid, signal.SIGSTOP)
+    try:
+        for linger, publisher in publishers.items():
+            for number in range(5):
+                await publisher.publish(f"{prefix}.a", b"x", f"{linger}-{number}")
+        short = publishers[0.2]
+        assert await short.flush(10) == 0  # budget spent, then the short linger ended: all settled
+        assert publishers[10.0].unconfirmed == 5 and publishers[10.0].in_flight == 0
+    finally:
+        os.kill(jetstream_server.pid, signal.SIGCONT)
+    assert await publishers[10.0].flush(10) == 0
+    by_publisher = {
+        linger: sorted((r.outcome, r.late, r.uncertain) for r in results if r.msg_id.startswith(f"{linger}-"))
+        for linger in publishers
+    }
+    assert by_publisher[0.2] == [(PublishOutcome.DROPPED, False, True)] * 5
+    assert [(late, uncertain) for _, late, uncertain in by_publisher[10.0]] == [(True, False)] * 5
+    assert all(outcome is not PublishOutcome.DROPPED for outcome, _, _ in by_publisher[10.0])
+    assert publishers[10.0].late_acks == 5 and publishers[0.2].dropped == 5
+
+    async def all_stored() -> bool:
+        return (await js.stream_info(stream)).state.messages == 10
+
+    await wait_until(all_stored, 10, "JetStream to store the thawed publishes")
+    for publisher in publishers.values():
+        await publisher.close()
+    await client.close()
+
+
+async def test_refused_publishes_are_dropped_as_certain_at_once(jetstream_server: NatsServer) -> None:
+    """Every attempt refused (not connected): known not stored, no linger."""
+    client = await connect(jetstream_server)
+    _stream, prefix = await new_stream(client.jetstream())
+    results, on_result = collect()
+    publisher = AckedPublisher(client, ack_timeout=0.3, retry_budget=0.5, on_result=on_result)
+    await publisher.start()
+    await asyncio.to_thread(jetstream_server.stop)
+    await publisher.publish(f"{prefix}.a", b"x", "refused")
+    assert await publisher.flush(5) == 0
+    assert publisher.unconfirmed == 0
+    assert [(r.outcome, r.uncertain) for r in results] == [(PublishOutcome.DROPPED, False)]
     await publisher.close()
     await client.close()

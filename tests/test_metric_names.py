@@ -62,6 +62,8 @@ OWN_FAMILIES = {
     ("choria_adapter_dropped_msgs", "counter", ("name", "reason", "identity")),
     ("choria_adapter_worker_restarts", "counter", ("name", "side", "identity")),
     ("choria_adapter_reconnects", "counter", ("name", "side", "identity")),
+    ("choria_adapter_unconfirmed_msgs", "gauge", ADAPTER_LABELS),
+    ("choria_adapter_late_acks", "counter", ADAPTER_LABELS),
     ("choria_build_info", "gauge", ("version", "identity")),
 }
 # Every raw series name a scrape may contain: no `_total`, `_created` or `_info` anywhere.
@@ -148,6 +150,8 @@ async def test_live_scrape_has_exactly_the_go_series_names_and_labels(
                 "choria_adapter_queue_length",
                 "choria_adapter_queue_capacity",
                 "choria_adapter_in_flight_msgs",
+                "choria_adapter_unconfirmed_msgs",
+                "choria_adapter_late_acks",
                 "choria_adapter_retries",
                 "choria_adapter_duplicate_msgs",
             )

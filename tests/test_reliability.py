@@ -9,7 +9,9 @@ few minutes on two busy cores; each test prints its measured figures (run with -
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -351,6 +353,99 @@ async def test_jetstream_down_past_retry_budget_drops_counted_then_recovers(
     assert counts["dropped_publish"] == len(during)
     assert drops(counts) == {"publish": len(during)}
     assert_stored_exactly_once(stored, ids(first) | ids(later))
+
+
+# -- 5b. JetStream frozen (SIGSTOP) past the retry budget, the connection up -------------------------
+
+
+async def test_jetstream_frozen_past_retry_budget_late_acks_count_as_stored(
+    servers: tuple[NatsServer, NatsServer], runtimes: list[Runtime], tmp_path: Path
+) -> None:
+    """Publishes given up while JetStream is frozen are stored once it thaws: counted stored, not dropped."""
+    choria, jetstream = servers
+    await add_stream(jetstream.url, "REL_FROZEN")
+    budget, freeze = 2.0, 3.5
+    runtime = start_runtime(
+        tmp_path,
+        "runtime",
+        middleware=choria.address,
+        adapter=adapter_keys(
+            jetstream.address, queue_len=20000, stream__retry_budget="2s", stream__ack_timeout="1s"
+        ),
+    )
+    runtimes.append(runtime)
+    await runtime.wait_subscribed(4)
+    messages = small_fleet(2000, tag="frozen")
+    frozen: dict[str, float] = {}
+
+    async def freeze_jetstream() -> None:
+        assert jetstream.pid is not None
+        os.kill(jetstream.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            await asyncio.sleep(freeze)
+        finally:
+            os.kill(jetstream.pid, signal.SIGCONT)
+        frozen["seconds"] = time.monotonic() - started
+
+    await publish(choria.url, payloads(messages), rate=2000, at={500: freeze_jetstream})
+    counts = await runtime.wait_settled(60)
+    stored = await stored_ids(jetstream.url, "REL_FROZEN")
+    print(f"\nJetStream frozen {frozen['seconds']:.1f}s (budget {budget}s): counts {counts}")
+
+    assert frozen["seconds"] > budget, "the freeze must outlast the retry budget"
+    assert counts["late_acks"] > 0, "no publish was given up during the freeze: the test proved nothing"
+    assert counts["received"] == counts["stored"] == len(messages)
+    assert not drops(counts)
+    assert_stored_exactly_once(stored, ids(messages))
+
+
+async def test_sigterm_with_jetstream_down_and_windows_full_counts_every_held_message(
+    servers: tuple[NatsServer, NatsServer], runtimes: list[Runtime], tmp_path: Path
+) -> None:
+    """Each stream worker blocked on a full window holds a message; shutdown counts it too."""
+    choria, jetstream = servers
+    await add_stream(jetstream.url, "REL_HELD")
+    workers, window, queue_len, sent = 10, 10, 50, 200
+    runtime = start_runtime(
+        tmp_path,
+        "runtime",
+        middleware=choria.address,
+        adapter=adapter_keys(
+            jetstream.address,
+            stream__workers=workers,
+            stream__max_pending=window,
+            queue_len=queue_len,
+            shutdown_grace="1s",
+        ),
+    )
+    runtimes.append(runtime)
+    await runtime.wait_subscribed(4)
+
+    async def stream_connected() -> bool:
+        return (await runtime.adapter())["stream_connected"] == workers
+
+    await wait_until(stream_connected, 30, "every stream worker connected")
+    await asyncio.to_thread(jetstream.stop)
+    await publish(choria.url, payloads(small_fleet(sent, tag="held")))
+    holding = workers * window + workers + queue_len
+
+    async def all_taken() -> bool:
+        counts = await runtime.counts()
+        return counts["received"] + counts["dropped_queue_full"] == sent
+
+    await wait_until(all_taken, 30, "every message received or counted")
+    counts = await runtime.counts()
+    assert counts["received"] == holding, counts
+    assert counts["dropped_queue_full"] == sent - holding
+    assert runtime.process.terminate() == 0
+    summary = re.search(
+        r"Adapter registration stopped: (\d+) received, (\d+) stored, \d+ duplicates, drops (.*?)\"",
+        runtime.process.log_text(),
+    )
+    assert summary is not None
+    assert int(summary[1]) == holding and int(summary[2]) == 0
+    assert summary[3] == str({"queue_full": sent - holding, "shutdown_timeout": holding})
 
 
 # -- 6. burst ----------------------------------------------------------------------------------------

@@ -160,6 +160,7 @@ class AdapterState:
     batched_publishers: int = 0  # stream workers publishing in batches now (others fell back)
     acked_publishers: int = 0
     duplicates_meaning: str = ""
+    unconfirmed: int = 0  # given up, still listening for a late acknowledgement
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -213,6 +214,7 @@ class StreamsAdapter:
         metrics.queue_capacity.labels(self.name, metrics.identity).set(adapter.queue_len)
         metrics.queue_length.labels(self.name, metrics.identity).set_function(lambda: len(self.queue))
         metrics.in_flight.labels(self.name, metrics.identity).set_function(self._in_flight)
+        metrics.unconfirmed.labels(self.name, metrics.identity).set_function(self._unconfirmed)
         self._ingest = [
             _IngestWorker(i, f"{self.name}.{i}", metrics.worker(f"{self.name}.{i}", "input"))
             for i in range(adapter.ingest_workers)
@@ -439,10 +441,12 @@ class StreamsAdapter:
             batched_publishers=modes.count(PublishMode.BATCHED),
             acked_publishers=modes.count(PublishMode.ACKED),
             duplicates_meaning=DUPLICATES_BATCHED if PublishMode.BATCHED in modes else DUPLICATES_ACKED,
+            unconfirmed=self._unconfirmed(),
             counts={
                 **self._counts,
                 "duplicates": self._adapter_counts.duplicates,
                 "retries": self._adapter_counts.retries,
+                "late_acks": self._adapter_counts.late_acks,
                 **{f"dropped_{reason}": count for reason, count in self._adapter_counts.dropped.items()},
                 **{f"restarts_{side}": count for side, count in self._adapter_counts.restarts.items()},
                 **{f"reconnects_{side}": count for side, count in self._adapter_counts.reconnects.items()},
@@ -457,6 +461,9 @@ class StreamsAdapter:
 
     def _in_flight(self) -> int:
         return sum(w.publisher.in_flight for w in self._stream if w.publisher)
+
+    def _unconfirmed(self) -> int:
+        return sum(w.publisher.unconfirmed for w in self._stream if w.publisher)
 
     def _drop(self, reason: str, count: int = 1) -> None:
         self._adapter_counts.dropped[reason] += count
@@ -801,6 +808,16 @@ class StreamsAdapter:
                 adapter_counts.retries += result.attempts - 1
             if result.outcome is PublishOutcome.DROPPED:
                 metrics.errors += 1
+                if result.uncertain:
+                    self._drop("unconfirmed")
+                    warn(
+                        f"unconfirmed:{result.reason}",
+                        f"Gave up publishing to JetStream {result.subject} after {result.attempts} "
+                        f"attempt(s) and no late acknowledgement came; JetStream may or may not have "
+                        f"stored it: {result.reason}",
+                        {"subject": result.subject, "reason": result.reason},
+                    )
+                    return
                 self._drop("publish")
                 warn(
                     f"publish:{result.reason}",
@@ -809,6 +826,8 @@ class StreamsAdapter:
                     {"subject": result.subject, "reason": result.reason},
                 )
                 return
+            if result.late:
+                adapter_counts.late_acks += 1
             if result.outcome is PublishOutcome.DUPLICATE:
                 adapter_counts.duplicates += 1
             counts["stored"] += 1

@@ -239,6 +239,11 @@ class BatchPublisher:
         return len(self._held) + (fallback.in_flight if fallback is not None else 0)
 
     @property
+    def unconfirmed(self) -> int:
+        """Given-up messages the fallback still listens for (see AckedPublisher.unconfirmed)."""
+        return self._fallback.unconfirmed if self._fallback is not None else 0
+
+    @property
     def max_pending(self) -> int:
         return self._max_pending
 

@@ -11,6 +11,14 @@ Delivery promise: a message handed to `publish` ends in exactly one `PublishResu
 ACKED or DUPLICATE (stored) or DROPPED (retry budget spent, with the last reason). Every
 attempt carries the same `Nats-Msg-Id`, so the stream's duplicate window discards the
 copies that retries create when an acknowledgement, not the message, was lost.
+
+Given up is not the same as not stored: when an attempt went unanswered (JetStream frozen
+or slow, the connection up), that publish may still be stored after the budget is spent.
+Such a message leaves the window but its token stays on the ack inbox for `late_ack_linger`
+seconds: an acknowledgement arriving then reports it stored (`late=True`); otherwise it is
+DROPPED with `uncertain=True` (it may or may not be in the stream). A message every attempt
+of which was refused outright (not connected, no responders, an error reply) is DROPPED at
+once with `uncertain=False`.
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ class PublishResult:
     attempts: int
     reason: str | None = None
     seq: int | None = None
+    late: bool = False  # acknowledged after the retry budget was spent
+    uncertain: bool = False  # DROPPED, but an unanswered attempt may have been stored
 
     @property
     def stored(self) -> bool:
@@ -171,6 +181,7 @@ class _Pending:
         "first_sent",
         "headers",
         "in_flight",
+        "maybe_stored",
         "msg_id",
         "reason",
         "subject",
@@ -186,6 +197,7 @@ class _Pending:
         self.in_flight = False  # True: waiting for an ack until `due`; False: resend at `due`
         self.due = now
         self.reason: str | None = None
+        self.maybe_stored = False  # an attempt went unanswered: JetStream may hold it
 
 
 class Publisher(Protocol):
@@ -203,6 +215,8 @@ class Publisher(Protocol):
     def closed(self) -> bool: ...
     @property
     def in_flight(self) -> int: ...
+    @property
+    def unconfirmed(self) -> int: ...  # given up, still listened for a late acknowledgement
     @property
     def max_pending(self) -> int: ...
     async def start(self) -> None: ...
@@ -234,7 +248,11 @@ class AckedPublisher:
         on_result: Callable[[PublishResult], None] | None = None,
         on_acked: Callable[[], None] | None = None,
         name: str = "",
+        late_ack_linger: float | None = None,
     ) -> None:
+        """`late_ack_linger`: how long a given-up message that may be stored is still listened
+        for (default: twice its retry budget, at least two ack timeouts; a given-up entry holds no
+        body, and the set stays about as large as the window)."""
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         if ack_timeout <= 0 or retry_budget < 0 or backoff_initial <= 0 or backoff_max < backoff_initial:
@@ -248,6 +266,9 @@ class AckedPublisher:
         self._retry_budget = retry_budget
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._late_ack_linger = (
+            2 * max(retry_budget, ack_timeout) if late_ack_linger is None else max(0.0, late_ack_linger)
+        )
         self._on_result = on_result
         # The common case, stored at the first attempt, skips building a PublishResult.
         self._on_acked = on_acked
@@ -255,6 +276,8 @@ class AckedPublisher:
         # How often the single timer task looks for expired acks and due retries.
         self._tick = max(0.005, min(0.05, backoff_initial, ack_timeout / 10))
         self._pending: dict[int, _Pending] = {}
+        # Given up but possibly stored: token -> (entry, when to stop listening for its ack).
+        self._given_up: dict[int, tuple[_Pending, float]] = {}
         self._tokens = itertools.count(1)
         self._inbox_prefix = ""
         self._inbox_prefix_len = 0
@@ -272,6 +295,7 @@ class AckedPublisher:
         self.duplicates = 0
         self.retries = 0
         self.dropped = 0
+        self.late_acks = 0  # given-up messages JetStream acknowledged after all
         self.abandoned = 0  # unconfirmed when close() was called; on_result is not called for them
 
     @property
@@ -282,6 +306,11 @@ class AckedPublisher:
     def in_flight(self) -> int:
         """Messages published and not yet acknowledged or dropped (including those awaiting a retry)."""
         return len(self._pending)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Given-up messages still listened for: neither known stored nor known lost yet."""
+        return len(self._given_up)
 
     @property
     def max_pending(self) -> int:
@@ -322,8 +351,9 @@ class AckedPublisher:
         await self._send(token, entry, now)
 
     async def flush(self, timeout: float) -> int:
-        """Wait until every message is acknowledged or dropped; return how many are still unconfirmed."""
-        if self._pending:
+        """Wait until every message is acknowledged or dropped (given-up ones until acknowledged
+        late or their linger ends); return how many in the window are still unconfirmed."""
+        if self._pending or self._given_up:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout)
         return len(self._pending)
@@ -335,6 +365,8 @@ class AckedPublisher:
         self._closed = True
         self.abandoned += len(self._pending)
         self._pending.clear()
+        for token in list(self._given_up):
+            self._settle_given_up(token, None)
         self._idle.set()
         self._has_room.set()  # wake blocked publish() calls so they raise instead of hanging
         if self._timer is not None:
@@ -384,7 +416,11 @@ class AckedPublisher:
             return
         entry = self._pending.get(token)
         if entry is None:
-            return  # a late reply for a message already settled (e.g. the ack of an earlier attempt)
+            if token in self._given_up:
+                late = interpret_ack(msg.data, msg.headers, self._given_up[token][0].subject)
+                if late.stored:
+                    self._settle_given_up(token, late)
+            return  # otherwise a late reply for a message already settled (an earlier attempt's)
         verdict = interpret_ack(msg.data, msg.headers, entry.subject)
         if verdict.stored:
             outcome = PublishOutcome.DUPLICATE if verdict.duplicate else PublishOutcome.ACKED
@@ -413,6 +449,13 @@ class AckedPublisher:
         seq: int | None = None,
     ) -> None:
         del self._pending[token]
+        self._has_room.set()
+        if outcome is PublishOutcome.DROPPED and entry.maybe_stored and self._late_ack_linger > 0:
+            # Out of the window, but its ack may still come: settled by _settle_given_up.
+            entry.reason = reason
+            entry.body = b""  # never resent
+            self._given_up[token] = (entry, time.monotonic() + self._late_ack_linger)
+            return
         if outcome is PublishOutcome.ACKED:
             self.acked += 1
         elif outcome is PublishOutcome.DUPLICATE:
@@ -426,15 +469,50 @@ class AckedPublisher:
                 entry.attempts,
                 reason,
             )
-        self._has_room.set()
-        if not self._pending:
+        if not self._pending and not self._given_up:
             self._idle.set()
+        self._report(entry, outcome, reason=reason, seq=seq)
+
+    def _settle_given_up(self, token: int, verdict: AckVerdict | None) -> None:
+        """A given-up message: acknowledged late (`verdict`), or its linger ended (None)."""
+        entry, _ = self._given_up.pop(token)
+        if verdict is not None:
+            self.late_acks += 1
+            outcome = PublishOutcome.DUPLICATE if verdict.duplicate else PublishOutcome.ACKED
+            if verdict.duplicate:
+                self.duplicates += 1
+            else:
+                self.acked += 1
+            self._report(entry, outcome, seq=verdict.seq, late=True)
+        else:
+            self.dropped += 1
+            self._report(entry, PublishOutcome.DROPPED, reason=entry.reason, uncertain=True)
+        if not self._pending and not self._given_up:
+            self._idle.set()
+
+    def _report(
+        self,
+        entry: _Pending,
+        outcome: PublishOutcome,
+        *,
+        reason: str | None = None,
+        seq: int | None = None,
+        late: bool = False,
+        uncertain: bool = False,
+    ) -> None:
         try:
-            if outcome is PublishOutcome.ACKED and entry.attempts == 1 and self._on_acked is not None:
+            if (
+                outcome is PublishOutcome.ACKED
+                and entry.attempts == 1
+                and not late
+                and self._on_acked is not None
+            ):
                 self._on_acked()
             elif self._on_result is not None:
                 self._on_result(
-                    PublishResult(entry.subject, entry.msg_id, outcome, entry.attempts, reason, seq)
+                    PublishResult(
+                        entry.subject, entry.msg_id, outcome, entry.attempts, reason, seq, late, uncertain
+                    )
                 )
         except Exception:
             log.exception("publisher %s: result callback failed", self.name)
@@ -442,16 +520,20 @@ class AckedPublisher:
     async def _timer_loop(self) -> None:
         """The one task that expires unacknowledged attempts and sends due retries."""
         while True:
-            if not self._pending:
+            if not self._pending and not self._given_up:
                 self._has_work.clear()
                 await self._has_work.wait()
             await asyncio.sleep(self._tick)
             now = time.monotonic()
+            for token, (_entry, until) in list(self._given_up.items()):
+                if until <= now:
+                    self._settle_given_up(token, None)
             due_for_resend: list[tuple[int, _Pending]] = []
             for token, entry in list(self._pending.items()):
                 if entry.due > now:
                     continue
                 if entry.in_flight:
+                    entry.maybe_stored = True
                     self._failed(token, entry, f"no acknowledgement within {self._ack_timeout:g}s", now)
                 elif now - entry.first_sent > self._retry_budget:
                     self._finish(token, entry, PublishOutcome.DROPPED, reason=entry.reason)

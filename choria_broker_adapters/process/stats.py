@@ -78,6 +78,7 @@ class AdapterCounters:
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WORKER_SIDES, 0))
     reconnects: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WORKER_SIDES, 0))
+    late_acks: int = 0  # given up after the retry budget, acknowledged by JetStream later
 
 
 class _AdapterCollector(Collector):
@@ -123,8 +124,14 @@ class _AdapterCollector(Collector):
         reconnects = Metric(
             "choria_adapter_reconnects", "NATS connections of workers re-established, by side", "counter"
         )
+        late_acks = Metric(
+            "choria_adapter_late_acks",
+            "Messages given up after the retry budget that JetStream acknowledged later (counted stored)",
+            "counter",
+        )
         for adapter, counters in self.metrics.all_adapters().items():
             labels = {"name": adapter, "identity": identity}
+            late_acks.add_sample(late_acks.name, labels, counters.late_acks)
             retries.add_sample(retries.name, labels, counters.retries)
             duplicates.add_sample(duplicates.name, labels, counters.duplicates)
             for reason, count in counters.dropped.items():
@@ -139,9 +146,9 @@ class _AdapterCollector(Collector):
                 reconnects.add_sample(
                     reconnects.name, {"name": adapter, "side": side, "identity": identity}, count
                 )
-        yield from (retries, duplicates, dropped, restarts, reconnects)
+        yield from (retries, duplicates, dropped, restarts, reconnects, late_acks)
 
-        for gauge in (self.metrics.queue_length, self.metrics.queue_capacity, self.metrics.in_flight):
+        for gauge in self.metrics.gauges():
             family = GaugeMetricFamily(gauge.name, gauge.documentation, labels=["name", "identity"])
             for adapter, value in self.metrics.gauge_totals(gauge).items():
                 family.add_metric([adapter, identity], value)
@@ -217,6 +224,10 @@ class Metrics:
         self.in_flight = AdapterGauge(
             "choria_adapter_in_flight_msgs", "Messages published and awaiting a JetStream acknowledgement"
         )
+        self.unconfirmed = AdapterGauge(
+            "choria_adapter_unconfirmed_msgs",
+            "Messages given up after the retry budget, still listened for a late acknowledgement",
+        )
         # A multi-process runtime's parent also exports its children's counters: the latest
         # snapshot of each running child, plus the final counts of children that were replaced
         # (so the summed counters never go backwards when a child restarts from zero).
@@ -226,6 +237,9 @@ class Metrics:
             "choria_build_info", "Build information", ("version", "identity"), registry=self.registry
         )
         self.build_info.labels(__version__, identity).set(1)
+
+    def gauges(self) -> tuple[AdapterGauge, ...]:
+        return (self.queue_length, self.queue_capacity, self.in_flight, self.unconfirmed)
 
     def worker(self, worker_name: str, role: str) -> WorkerMetrics:
         """Counters of one worker (`NAME.<i>`, role `input` or `output`), exported at 0 from the start."""
@@ -242,10 +256,7 @@ class Metrics:
         return Snapshot(
             workers={key: _copy_worker(counters) for key, counters in self.workers.items()},
             adapters={name: _copy_adapter(counters) for name, counters in self.adapters.items()},
-            gauges={
-                gauge.name: gauge.values()
-                for gauge in (self.queue_length, self.queue_capacity, self.in_flight)
-            },
+            gauges={gauge.name: gauge.values() for gauge in self.gauges()},
         )
 
     def retire_peer(self, index: int) -> None:
@@ -302,6 +313,7 @@ class Snapshot:
                     dict(counters["dropped"]),
                     dict(counters.get("restarts", {})),
                     dict(counters.get("reconnects", {})),
+                    counters.get("late_acks", 0),
                 )
                 for name, counters in document.get("adapters", {}).items()
             },
@@ -325,6 +337,7 @@ def merge_snapshots(snapshots: list[Snapshot]) -> Snapshot:
         for name, adapter in snapshot.adapters.items():
             target = total.adapters.setdefault(name, AdapterCounters())
             target.retries += adapter.retries
+            target.late_acks += adapter.late_acks
             target.duplicates += adapter.duplicates
             for reason, count in adapter.dropped.items():
                 target.dropped[reason] = target.dropped.get(reason, 0) + count
@@ -350,6 +363,7 @@ def _copy_adapter(counters: AdapterCounters) -> AdapterCounters:
         dict(counters.dropped),
         dict(counters.restarts),
         dict(counters.reconnects),
+        counters.late_acks,
     )
 
 
