@@ -23,7 +23,7 @@ import yaml
 
 from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from choria_broker_adapters.devtools import fleet
-from choria_broker_adapters.devtools.natsserver import NatsServer
+from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
 from choria_broker_adapters.jetstream import inventory as stream_inventory
 
 DATA = Path(__file__).parent / "data"
@@ -395,6 +395,14 @@ def test_missing_stream_and_bad_arguments(
     assert exit_info.value.code == EXIT_USAGE
     with pytest.raises(SystemExit):
         main(["nodes", "--config", str(config), "--filter-fact", "novalue"])
+    unreachable = tmp_path / "unreachable"
+    unreachable.mkdir()
+    nowhere = write_config(unreachable, jetstream_server).read_text()
+    nowhere = nowhere.replace(jetstream_server.address, f"127.0.0.1:{free_port()}")
+    (unreachable / "broker.conf").write_text(nowhere)
+    status, out, err = run_cli(capsys, "nodes", "--config", str(unreachable / "broker.conf"), "--disable-tls")
+    assert (status, out) == (EXIT_FAILURE, "")
+    assert "cannot connect to" in err and "Traceback" not in err
     bad = tmp_path / "bad.conf"
     bad.write_text("plugin.choria.adapters = x\nplugin.choria.adapter.x.type = nope\n")
     assert run_cli(capsys, "nodes", "--config", str(bad))[0] == EXIT_CONFIG

@@ -231,6 +231,8 @@ async def _run(
                 subject_prefix=source.subject_prefix,
                 keep_inventory=exporting or not filters.empty,
             )
+            if fleet is not None and exporting:
+                await stream_inventory.complete_inventories(client, fleet)
         except JetStreamAdminError as error:
             print(f"{source.adapter.stream_name}: {error.args[0]}", file=sys.stderr)
             return EXIT_FAILURE
@@ -242,7 +244,6 @@ async def _run(
             )
             return EXIT_FAILURE
         if exporting:
-            await stream_inventory.complete_inventories(client, fleet)
             return export(fleet, now, args.stale, args.output, args.yaml, sys.stdout)
         return show(source.adapter.name, fleet, now, args.stale, filters, args.json, sys.stdout)
     finally:
