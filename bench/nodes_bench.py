@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nats
 
+from bench.stats import cpu_ticks_from_stat
 from choria_broker_adapters.cli import main as cli_main
 from choria_broker_adapters.codec.registration import gzip_base64
 from choria_broker_adapters.devtools import fleet
@@ -114,8 +115,15 @@ async def fill(url: str, nodes: int, rounds: int) -> dict[str, Any]:
         await client.close()
 
 
-def timed(argv: list[str], output: Path) -> dict[str, Any]:
-    """Run one CLI process; its wall time, CPU time and peak RSS (from wait4)."""
+def server_cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    return cpu_ticks_from_stat(Path(f"/proc/{pid}/stat").read_text()) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(argv: list[str], output: Path, server_pid: int | None) -> dict[str, Any]:
+    """Run one CLI process; its wall time, CPU time and peak RSS (from wait4), and the server's CPU."""
+    server_before = server_cpu_seconds(server_pid)
     command = [sys.executable, "-m", "choria_broker_adapters", *argv]
     started = time.monotonic()
     with output.open("wb") as sink:
@@ -129,6 +137,7 @@ def timed(argv: list[str], output: Path) -> dict[str, Any]:
         "wall_seconds": round(wall, 2),
         "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "nats_server_cpu_seconds": round(server_cpu_seconds(server_pid) - server_before, 2),
         "stderr": stderr.strip()[-500:],
     }
 
@@ -164,7 +173,9 @@ def main() -> int:
             filled = asyncio.run(fill(server.url, args.nodes, args.rounds))
             load_before = uptime()
             listing_output = directory / "nodes.json"
-            listing = timed(["nodes", "--config", str(config), "--disable-tls", "--json"], listing_output)
+            listing = timed(
+                ["nodes", "--config", str(config), "--disable-tls", "--json"], listing_output, server.pid
+            )
             listed = json.loads(listing_output.read_text()) if listing["exit_status"] == 0 else {"nodes": []}
             listing["nodes_listed"] = len(listed["nodes"])
             listing["method"] = listed.get("method")
@@ -173,6 +184,7 @@ def main() -> int:
             export = timed(
                 ["nodes", "export", "--format", "inventory", "--config", str(config), "--disable-tls"],
                 export_output,
+                server.pid,
             )
             exported = json.loads(export_output.read_text()) if export["exit_status"] == 0 else {"nodes": []}
             export["nodes_exported"] = len(exported["nodes"])
@@ -207,7 +219,8 @@ def main() -> int:
         ):
             print(
                 f"{name}: {count} nodes in {result['wall_seconds']} s wall, {result['cpu_seconds']} s CPU, "
-                f"peak RSS {result['peak_rss_mb']} MB, exit {result['exit_status']}"
+                f"peak RSS {result['peak_rss_mb']} MB, exit {result['exit_status']}; "
+                f"nats-server {result['nats_server_cpu_seconds']} s CPU meanwhile"
             )
         print(
             f"target: nodes --json <= {TARGET_SECONDS:g} s: {'met' if report['within_target'] else 'MISSED'}"
