@@ -16,6 +16,7 @@ from choria_broker_adapters.config.settings import (
     is_duration_key,
     load_settings,
     tls_problems,
+    verify_problems,
 )
 
 NAME = "check"
@@ -44,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
+        # Verification without readable trust material would refuse every message: an error.
+        trust_problems = verify_problems(settings)
+        if trust_problems:
+            raise ConfigError(settings.config_file, trust_problems, list(settings.warnings))
     except ConfigError as error:
         if args.json:
             print(json.dumps(_error_document(error), indent=2))

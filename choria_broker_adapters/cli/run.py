@@ -8,7 +8,7 @@ import logging
 import sys
 
 from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_settings_or_report
-from choria_broker_adapters.config.settings import Settings, tls_problems
+from choria_broker_adapters.config.settings import ConfigError, Settings, tls_problems, verify_problems
 from choria_broker_adapters.process import logs
 from choria_broker_adapters.process.multiprocess import parse_child, parse_processes
 
@@ -77,6 +77,10 @@ def _child(value: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings_or_report(args.config)
     if settings is None:
+        return EXIT_CONFIG
+    trust_problems = verify_problems(settings)
+    if trust_problems:
+        print(str(ConfigError(settings.config_file, trust_problems)), file=sys.stderr)
         return EXIT_CONFIG
     problems = [] if args.disable_tls else tls_problems(settings)
     if problems:

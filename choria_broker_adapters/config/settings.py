@@ -23,6 +23,14 @@ from typing import Any
 import voluptuous as vol
 
 from choria_broker_adapters.adapters.registry import ADAPTER_TYPES, RETIRED_TYPES, known_type_names
+from choria_broker_adapters.codec.verify import (
+    OFF,
+    VERIFY_MODES,
+    Trust,
+    TrustError,
+    load_ca_bundle,
+    parse_issuers,
+)
 from choria_broker_adapters.config.brokerconf import Problem, RawConfig, RawOption, Source, read_config
 from choria_broker_adapters.jetstream.plan import derive_subjects, format_duration, subjects_problem
 
@@ -261,6 +269,22 @@ ADAPTER_KEYS: tuple[AdapterKey, ...] = (
     AdapterKey("ingest.protocol", "ingest_protocol", one_of("request", "reply"), "reply", "request or reply"),
     AdapterKey("ingest.workers", "ingest_workers", integer(1, 100), 10, "ingest subscriptions"),
     AdapterKey(
+        "ingest.verify",
+        "ingest_verify",
+        one_of(*VERIFY_MODES),
+        OFF,
+        "signature verification: off, warn or enforce",
+        False,
+    ),
+    AdapterKey(
+        "ingest.verify_ca",
+        "ingest_verify_ca",
+        str,
+        None,
+        "CA bundle for v1 verification (default: the security provider's CA)",
+        False,
+    ),
+    AdapterKey(
         "stream.topic", "stream_topic", topic_template, None, "output subject; %s = sender (default NAME)"
     ),
     AdapterKey("stream.workers", "stream_workers", integer(1, 100), 10, "JetStream publishers"),
@@ -349,6 +373,8 @@ class AdapterSettings:
     ingest_topic: str
     ingest_protocol: str
     ingest_workers: int
+    ingest_verify: str
+    ingest_verify_ca: str | None
     stream_topic: str
     stream_workers: int
     stream_servers: tuple[str, ...]
@@ -386,6 +412,13 @@ class AdapterSettings:
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
 SECURITY_PROVIDERS = ("puppet", "file", "choria")
 SECRET_KEYS = frozenset({"plugin.nats.pass"})
+ISSUER_NAMES_KEY = "plugin.security.issuer.names"
+
+
+def issuer_public_key(name: str) -> str:
+    return f"plugin.security.issuer.{name}.public"
+
+
 SECRET_MASK = "********"
 
 
@@ -413,6 +446,8 @@ class Settings:
     stats_port: int
     connect_timeout: float
     adapters: dict[str, AdapterSettings]
+    # plugin.security.issuer.names → each issuer's hex ed25519 public key (v2 verification)
+    issuers: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[Problem, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -441,6 +476,13 @@ class Settings:
                 "ca": (str(ssldir / "certs" / "ca.pem"), "plugin.choria.ssldir"),
             }
         return {}
+
+    def verify_ca(self, adapter: AdapterSettings) -> tuple[str, str]:
+        """(path, the key that sets it) of the CA bundle that verifies this adapter's v1 messages."""
+        if adapter.ingest_verify_ca:
+            return adapter.ingest_verify_ca, adapter.key("ingest.verify_ca")
+        path, key = self.tls_files().get("ca", ("", "plugin.security.file.ca"))
+        return path, key
 
     def describe(self) -> list[tuple[str, Any, str]]:
         rows = [
@@ -478,6 +520,17 @@ class Settings:
                 rows.append((key, path, self.sources.get(key, DEFAULT)))
             else:
                 rows.append((f"(tls {role})", path, "derived from plugin.choria.ssldir and identity"))
+        if self.issuers:
+            rows.append(
+                (
+                    ISSUER_NAMES_KEY,
+                    ", ".join(self.issuers),
+                    self.sources.get(ISSUER_NAMES_KEY, DEFAULT),
+                )
+            )
+            for name, public in self.issuers.items():
+                key = issuer_public_key(name)
+                rows.append((key, public, self.sources.get(key, DEFAULT)))
         if self.nats_user:
             rows.append(("plugin.nats.user", self.nats_user, self.sources.get("plugin.nats.user", DEFAULT)))
         if self.nats_password:
@@ -599,6 +652,7 @@ def build_settings(
         stats_port=stats_port,
         connect_timeout=build.value("plugin.choria.network.connect_timeout", duration(0.001, 120), 2.0),
         adapters=adapters,
+        issuers=_issuers(build),
         warnings=tuple(build.warnings),
         sources=build.sources,
     )
@@ -610,6 +664,7 @@ def build_settings(
                     f"set {key} = <path>",
                     key,
                 )
+    _check_verification(build, settings)
     if (settings.nats_user is None) != (settings.nats_password is None):
         missing = "plugin.nats.pass" if settings.nats_password is None else "plugin.nats.user"
         build.warn(
@@ -620,6 +675,113 @@ def build_settings(
     if build.errors:
         raise ConfigError(config_file, build.errors, build.warnings)
     return settings
+
+
+def _issuers(build: _Builder) -> dict[str, str]:
+    """plugin.security.issuer.names and each named issuer's .public key, validated."""
+    option = build.raw.get(ISSUER_NAMES_KEY)
+    if option is None:
+        build.sources[ISSUER_NAMES_KEY] = DEFAULT
+        return {}
+    build.sources[ISSUER_NAMES_KEY] = str(option.source)
+    issuers: dict[str, str] = {}
+    for name in (item.strip() for item in option.value.split(",")):
+        if not ADAPTER_NAME.fullmatch(name):
+            build.error(
+                f"issuer name {name!r} is not allowed; expected letters, digits, '_' and '-' only",
+                ISSUER_NAMES_KEY,
+                option,
+            )
+            continue
+        key = issuer_public_key(name)
+        public = build.raw.get(key)
+        if public is None:
+            build.error(
+                f"issuer {name!r} is listed in {ISSUER_NAMES_KEY} but has no public key; "
+                f"set {key} = <hex ed25519 public key>",
+                key,
+                option,
+            )
+            continue
+        build.sources[key] = str(public.source)
+        try:
+            parse_issuers({name: public.value})
+        except TrustError as error:
+            build.error(error.reason, key, public)
+            continue
+        issuers[name] = public.value.strip().lower()
+    return issuers
+
+
+def _check_verification(build: _Builder, settings: Settings) -> None:
+    """Verification needs trust material the provider can use (its files are checked by
+    verify_problems, at the edge)."""
+    for adapter in settings.adapters.values():
+        if adapter.ingest_verify == OFF:
+            continue
+        option = build.raw.get(adapter.key("ingest.verify"))
+        if settings.protocol_version == 2 and not settings.issuers:
+            build.error(
+                f"ingest.verify = {adapter.ingest_verify} with the choria security provider needs "
+                f"trusted issuers; set {ISSUER_NAMES_KEY} = NAME and "
+                f"{issuer_public_key('NAME')} = <hex ed25519 public key>",
+                ISSUER_NAMES_KEY,
+                option,
+            )
+        if settings.protocol_version == 2 and adapter.ingest_verify_ca:
+            build.warn(
+                "the choria security provider decodes version 2 messages, verified with issuers: "
+                "ingest.verify_ca is not used",
+                adapter.key("ingest.verify_ca"),
+                build.raw.get(adapter.key("ingest.verify_ca")),
+            )
+
+
+def _ca_trust(settings: Settings, adapter: AdapterSettings) -> tuple[Trust | None, str, str]:
+    """(the trust, or None with why not, and the key that names the CA bundle)."""
+    path, key = settings.verify_ca(adapter)
+    if not path:
+        return None, f"no CA bundle for ingest.verify; set {adapter.key('ingest.verify_ca')} = <file>", key
+    try:
+        return Trust(ca=load_ca_bundle(path)), "", key
+    except TrustError as error:
+        return None, f"CA bundle for {adapter.key('ingest.verify')}: {error.reason}", key
+
+
+def load_trust(settings: Settings, adapter: AdapterSettings) -> Trust:
+    """The trust material one verifying adapter checks messages against (reads the CA bundle).
+    Raises TrustError naming the key."""
+    if settings.protocol_version == 2:
+        return Trust(issuers=parse_issuers(settings.issuers))
+    trust, problem, key = _ca_trust(settings, adapter)
+    if trust is None:
+        raise TrustError(f"{key}: {problem}")
+    return trust
+
+
+def verify_problems(settings: Settings) -> list[Problem]:
+    """Trust material that verifying adapters cannot load (I/O: reads the CA bundles)."""
+    problems = []
+    for adapter in settings.adapters.values():
+        if adapter.ingest_verify == OFF or settings.protocol_version == 2:
+            continue
+        trust, problem, key = _ca_trust(settings, adapter)
+        if trust is None:
+            if key.startswith(ADAPTER_PREFIX):
+                source = adapter.sources.get("ingest.verify_ca")
+            else:
+                source = settings.sources.get(key)
+            problems.append(Problem(problem, _source_from_text(settings.config_file, source), key))
+    return problems
+
+
+def _source_from_text(config_file: str, text: str | None) -> Source:
+    """A Source from its "file:line" text (as kept in `sources`), else the file itself."""
+    if text and ":" in text:
+        path, _, line = text.rpartition(":")
+        if line.isdigit():
+            return Source(path, int(line))
+    return Source(config_file, 0)
 
 
 def _replace_warnings(settings: Settings, warnings: list[Problem]) -> Settings:

@@ -19,7 +19,7 @@ from typing import Any
 from choria_broker_adapters.codec import jsonfast
 from choria_broker_adapters.codec.jsonfast import JSONInvalid, NeedPrecise
 from choria_broker_adapters.codec.protocol import fastpath, v1, v2
-from choria_broker_adapters.codec.protocol.gotypes import go_bytes, go_object, struct_fields
+from choria_broker_adapters.codec.protocol.gotypes import go_bytes, go_object, go_string, struct_fields
 from choria_broker_adapters.codec.protocol.model import (
     V1_SECURE_REPLY,
     V1_SECURE_REQUEST,
@@ -29,10 +29,11 @@ from choria_broker_adapters.codec.protocol.model import (
     V2_TRANSPORT,
     DecodeError,
     Envelope,
+    SecureLayer,
     normalise_protocol,
 )
 
-__all__ = ["ED25519_PROVIDERS", "DecodeError", "Envelope", "decode", "protocol_version_for"]
+__all__ = ["ED25519_PROVIDERS", "DecodeError", "Envelope", "SecureLayer", "decode", "protocol_version_for"]
 
 # plugin.security.provider values whose technology is ed25519+jwt (protocol v2); every other
 # provider (puppet, file, certmanager, pkcs11) is x509 and decodes protocol v1.
@@ -84,7 +85,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _decode(payload: bytes, request_mode: bool, accepted_version: int, load: Any) -> Envelope:
+def _decode(payload: bytes, request_mode: bool, accepted_version: int, load: Any, keep: bool) -> Envelope:
     try:
         transport = load(payload, False)
     except JSONInvalid:
@@ -92,7 +93,7 @@ def _decode(payload: bytes, request_mode: bool, accepted_version: int, load: Any
     if not isinstance(transport, dict):
         raise DecodeError("transport: not a JSON object, so not a Choria transport message")
     if USE_FAST_PATH:
-        envelope = _SHORTCUTS[request_mode, accepted_version](transport, load)
+        envelope = _SHORTCUTS[request_mode, accepted_version](transport, load, keep)
         if envelope is not None:
             return envelope
     fields = struct_fields(transport, _TRANSPORT_FIELDS)
@@ -106,6 +107,7 @@ def _decode(payload: bytes, request_mode: bool, accepted_version: int, load: Any
 
     data = go_bytes(fields.get("data"), "transport: data")
     headers_null = False
+    headers = None
     if "headers" in fields:
         headers = go_object(fields["headers"], "transport: headers")
         if headers is None:
@@ -120,13 +122,83 @@ def _decode(payload: bytes, request_mode: bool, accepted_version: int, load: Any
             raise DecodeError("transport: version 1 protocol requires an x509 security provider (not choria)")
         raise DecodeError("transport: version 2 protocol requires the choria (ed25519+jwt) security provider")
 
-    envelope = _request(data, version, load) if request_mode else _reply(data, version, load)
+    if request_mode:
+        envelope, secure = _request(data, version, load)
+    else:
+        envelope, secure = _reply(data, version, load)
     if headers_null:
         raise DecodeError("transport: headers is null (this crashes the Go broker)")
+    if keep:
+        return _with_secure_layer(envelope, secure, version, request_mode, headers)
     return envelope
 
 
-def _request(data: bytes, version: int, load: Any) -> Envelope:
+def _with_secure_layer(
+    envelope: Envelope, secure: Any, version: int, request_mode: bool, headers: Any
+) -> Envelope:
+    """The envelope with its SecureLayer, read from the already decoded layers with Go's field
+    matching (so it agrees with the fast path, which only sees exact field names)."""
+    if version == 1:
+        header_fields = struct_fields(headers, v1.HEADER_FIELDS) if headers else {}
+        transport_sender = go_string(header_fields.get("mc_sender"), "transport: headers.mc_sender")
+    else:
+        header_fields = struct_fields(headers, v2.HEADER_FIELDS) if headers else {}
+        transport_sender = go_string(header_fields.get("sender"), "transport: headers.sender")
+    if secure is None:  # a null secure reply decodes as an empty one
+        secure = {}
+    layer: SecureLayer
+    if request_mode and version == 1:
+        fields = struct_fields(secure, v1.SECURE_REQUEST_FIELDS)
+        layer = SecureLayer(
+            1,
+            True,
+            _text(fields, "message").encode("utf-8", "surrogatepass"),
+            _text(fields, "signature"),
+            _text(fields, "pubcert"),
+            transport_sender=transport_sender,
+        )
+    elif request_mode:
+        fields = struct_fields(secure, v2.SECURE_REQUEST_FIELDS)
+        layer = SecureLayer(
+            2,
+            True,
+            go_bytes(fields.get("request"), "secure request: request"),
+            _text(fields, "signature"),
+            _text(fields, "caller"),
+            signer=_text(fields, "signer"),
+            transport_sender=transport_sender,
+        )
+    elif version == 1:
+        fields = struct_fields(secure, v1.SECURE_REPLY_FIELDS)
+        layer = SecureLayer(
+            1,
+            False,
+            _text(fields, "message").encode("utf-8", "surrogatepass"),
+            "",
+            "",
+            digest=_text(fields, "hash"),
+            transport_sender=transport_sender,
+        )
+    else:
+        fields = struct_fields(secure, v2.SECURE_REPLY_FIELDS)
+        layer = SecureLayer(
+            2,
+            False,
+            go_bytes(fields.get("reply"), "secure reply: reply"),
+            _text(fields, "signature"),
+            _text(fields, "sender"),
+            digest=_text(fields, "hash"),
+            transport_sender=transport_sender,
+        )
+    return Envelope(envelope.message, envelope.sender, envelope.time, envelope.request_id, layer)
+
+
+def _text(fields: dict[str, Any], name: str) -> str:
+    value = fields.get(name)
+    return value if type(value) is str else ""
+
+
+def _request(data: bytes, version: int, load: Any) -> tuple[Envelope, Any]:
     secure = _parse(load, data, True, "secure request")
     inner: bytes | str
     if version == 1:
@@ -145,10 +217,10 @@ def _request(data: bytes, version: int, load: Any) -> Envelope:
         raise DecodeError(
             f"secure request: cannot decode a request of protocol {normalise_protocol(secure_protocol)}"
         )
-    return decode_request(_parse(load, inner, True, "request"))
+    return decode_request(_parse(load, inner, True, "request")), secure
 
 
-def _reply(data: bytes, version: int, load: Any) -> Envelope:
+def _reply(data: bytes, version: int, load: Any) -> tuple[Envelope, Any]:
     secure = _parse(load, data, False, "secure reply")
     inner: bytes | str
     if version == 1:
@@ -164,16 +236,20 @@ def _reply(data: bytes, version: int, load: Any) -> Envelope:
         raise DecodeError(
             f"secure reply: cannot decode a reply of protocol {normalise_protocol(secure_protocol)}"
         )
-    return decode_reply(_parse(load, inner, False, "reply"))
+    return decode_reply(_parse(load, inner, False, "reply")), secure
 
 
-def decode(payload: bytes, *, protocol: str = "request", security_provider: str = "puppet") -> Envelope:
+def decode(
+    payload: bytes, *, protocol: str = "request", security_provider: str = "puppet", keep_secure: bool = False
+) -> Envelope:
     """Decode one NATS message body.
 
     protocol: the adapter's ingest.protocol; exactly "request" selects request decoding,
         anything else reply decoding (as the Go broker does).
     security_provider: plugin.security.provider; "choria" decodes protocol v2 only, every
         other provider protocol v1 only.
+    keep_secure: also return the secure layer's signature material in `Envelope.secure`
+        (for verification); the four output values are the same either way.
     Raises DecodeError (with `.reason`) for anything that is not published.
     """
     if not isinstance(payload, bytes):
@@ -183,10 +259,10 @@ def decode(payload: bytes, *, protocol: str = "request", security_provider: str 
     try:
         if jsonfast.orjson is not None:
             try:
-                return _decode(payload, request_mode, accepted_version, _fast_load)
+                return _decode(payload, request_mode, accepted_version, _fast_load, keep_secure)
             except NeedPrecise:
                 pass
-        return _decode(payload, request_mode, accepted_version, _precise_load)
+        return _decode(payload, request_mode, accepted_version, _precise_load, keep_secure)
     except DecodeError:
         raise
     except Exception as exc:  # a decoder bug must cost one message, never a worker

@@ -12,6 +12,9 @@ document, a non-empty filter that fails its checks, ...). They never raise Decod
 None the caller runs the general path, which produces the result and every error message.
 Each layer is fully checked before the next is parsed, so a `NeedPrecise` from the loader
 (propagated unchanged) happens exactly where the general path would meet it.
+
+With `keep` the Envelope also carries the secure layer's signature material (SecureLayer);
+without it nothing more is built than before, so the unverified path costs the same.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from choria_broker_adapters.codec.protocol.model import (
     V2_TRANSPORT,
     DecodeError,
     Envelope,
+    SecureLayer,
 )
 
 # load(data, strict_numbers) -> parsed JSON, raising JSONInvalid or NeedPrecise.
@@ -164,7 +168,7 @@ def _transport_data(transport: dict[str, Any], protocol: str, plain_headers: Hea
     return _plain_base64(data)
 
 
-def v1_request(transport: dict[str, Any], load: Loader) -> Envelope | None:
+def v1_request(transport: dict[str, Any], load: Loader, keep: bool = False) -> Envelope | None:
     """decode() of a parsed v1 transport in request mode, or None: use the general path."""
     data = _transport_data(transport, V1_TRANSPORT, _plain_v1_headers)
     if data is None:
@@ -231,10 +235,26 @@ def v1_request(transport: dict[str, Any], load: Loader) -> Envelope | None:
             decode_filter(filter_value, "request: envelope.filter")
         except DecodeError:
             return None  # the general path words the error
+    if keep:
+        secure_layer = SecureLayer(
+            1,
+            True,
+            inner.encode("utf-8", "surrogatepass"),
+            signature,
+            pubcert,
+            transport_sender=_header(transport, "mc_sender"),
+        )
+        return Envelope(message.encode("utf-8"), sender, seconds * NANOS, request_id, secure_layer)
     return Envelope(message.encode("utf-8"), sender, seconds * NANOS, request_id)
 
 
-def v1_reply(transport: dict[str, Any], load: Loader) -> Envelope | None:
+def _header(transport: dict[str, Any], name: str) -> str:
+    """A header already checked to be a string or null (plain headers), as a string."""
+    headers = transport.get("headers")
+    return (headers.get(name) or "") if headers else ""
+
+
+def v1_reply(transport: dict[str, Any], load: Loader, keep: bool = False) -> Envelope | None:
     """decode() of a parsed v1 transport in reply mode, or None: use the general path."""
     data = _transport_data(transport, V1_TRANSPORT, _plain_v1_headers)
     if data is None:
@@ -278,6 +298,17 @@ def v1_reply(transport: dict[str, Any], load: Loader) -> Envelope | None:
         and INT64_MIN <= seconds <= INT64_MAX
     ):
         return None
+    if keep:
+        secure_layer = SecureLayer(
+            1,
+            False,
+            inner.encode("utf-8", "surrogatepass"),
+            "",
+            "",
+            digest=secure.get("hash") or "",
+            transport_sender=_header(transport, "mc_sender"),
+        )
+        return Envelope(message.encode("utf-8"), sender, seconds * NANOS, request_id, secure_layer)
     return Envelope(message.encode("utf-8"), sender, seconds * NANOS, request_id)
 
 
@@ -285,7 +316,7 @@ _V2_SECURE_REQUEST_REQUIRED = frozenset({"protocol", "request", "signature", "ca
 _V2_REQUEST_REQUIRED = v2.REQUEST_FIELDS - {"filter"}
 
 
-def v2_request(transport: dict[str, Any], load: Loader) -> Envelope | None:
+def v2_request(transport: dict[str, Any], load: Loader, keep: bool = False) -> Envelope | None:
     """decode() of a parsed v2 transport in request mode, or None: use the general path."""
     data = _transport_data(transport, V2_TRANSPORT, _plain_v2_headers)
     if data is None:
@@ -365,10 +396,21 @@ def v2_request(transport: dict[str, Any], load: Loader) -> Envelope | None:
     message = _plain_base64(encoded_message)
     if message is None:
         return None
+    if keep:
+        secure_layer = SecureLayer(
+            2,
+            True,
+            inner,
+            signature,
+            secure["caller"],
+            signer=secure.get("signer", ""),
+            transport_sender=_header(transport, "sender"),
+        )
+        return Envelope(message, sender, nanoseconds, request_id, secure_layer)
     return Envelope(message, sender, nanoseconds, request_id)
 
 
-def v2_reply(transport: dict[str, Any], load: Loader) -> Envelope | None:
+def v2_reply(transport: dict[str, Any], load: Loader, keep: bool = False) -> Envelope | None:
     """decode() of a parsed v2 transport in reply mode, or None: use the general path."""
     data = _transport_data(transport, V2_TRANSPORT, _plain_v2_headers)
     if data is None:
@@ -413,4 +455,15 @@ def v2_reply(transport: dict[str, Any], load: Loader) -> Envelope | None:
     message = _plain_base64(reply.get("message"))
     if message is None:
         return None
+    if keep:
+        secure_layer = SecureLayer(
+            2,
+            False,
+            inner,
+            secure.get("signature") or "",
+            secure.get("sender") or "",
+            digest=secure.get("hash") or "",
+            transport_sender=_header(transport, "sender"),
+        )
+        return Envelope(message, sender, nanoseconds, request_id, secure_layer)
     return Envelope(message, sender, nanoseconds, request_id)

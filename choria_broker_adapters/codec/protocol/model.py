@@ -38,6 +38,32 @@ def normalise_protocol(value: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class SecureLayer:
+    """What signature verification needs from the secure layer; kept only when asked for.
+
+    version:    1 or 2 (the secure layer's protocol version).
+    request:    a secure request (True) or a secure reply (False).
+    signed:     the exact bytes the signature and hash cover: v1 the UTF-8 bytes of the secure
+                `message` text, v2 the base64-decoded `request` / `reply` bytes.
+    signature:  the `signature` field as sent (base64 text; "" when absent).
+    credential: v1 request `pubcert` (PEM or "insecure..."), v2 request `caller` JWT, v2
+                reply `sender` JWT; "" for a v1 reply.
+    signer:     v2 request `signer` JWT (delegated signing), else "".
+    digest:     the reply `hash` field as sent (base64 text), else "".
+    transport_sender: the transport header naming the publisher (v1 `mc_sender`, v2 `sender`).
+    """
+
+    version: int
+    request: bool
+    signed: bytes
+    signature: str
+    credential: str
+    signer: str = ""
+    digest: str = ""
+    transport_sender: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
     """The four values the adapter takes from a decoded Choria message.
 
@@ -48,12 +74,14 @@ class Envelope:
                 sent). It may lie outside years 0-9999; `output.encode_output` then refuses it,
                 as Go's marshalling does.
     request_id: the request id (v1 envelope.requestid, v2 id / request); may be "".
+    secure:     the secure layer's signature material, only when decode(keep_secure=True).
     """
 
     message: bytes
     sender: str
     time: int
     request_id: str
+    secure: SecureLayer | None = None
 
 
 class DecodeError(Exception):
