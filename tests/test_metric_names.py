@@ -41,6 +41,19 @@ DROP_REASONS = (
     "slow_consumer",
     "internal",
     "malformed_frame",
+    "unverified",
+)
+VERIFY_FAILURES = (
+    "unsigned",
+    "malformed",
+    "untrusted",
+    "expired",
+    "name",
+    "purpose",
+    "signature",
+    "hash",
+    "no_trust",
+    "internal",
 )
 WORKER = ("name", "role", "identity")
 ADAPTER_LABELS = ("name", "identity")
@@ -64,6 +77,8 @@ OWN_FAMILIES = {
     ("choria_adapter_reconnects", "counter", ("name", "side", "identity")),
     ("choria_adapter_unconfirmed_msgs", "gauge", ADAPTER_LABELS),
     ("choria_adapter_late_acks", "counter", ADAPTER_LABELS),
+    ("choria_adapter_verified_msgs", "counter", ADAPTER_LABELS),
+    ("choria_adapter_unverified_msgs", "counter", ("name", "reason", "identity")),
     ("choria_build_info", "gauge", ("version", "identity")),
 }
 # Every raw series name a scrape may contain: no `_total`, `_created` or `_info` anywhere.
@@ -154,7 +169,15 @@ async def test_live_scrape_has_exactly_the_go_series_names_and_labels(
                 "choria_adapter_late_acks",
                 "choria_adapter_retries",
                 "choria_adapter_duplicate_msgs",
+                "choria_adapter_verified_msgs",
             )
+        }
+        | {
+            (
+                "choria_adapter_unverified_msgs",
+                (("identity", IDENTITY), ("name", ADAPTER), ("reason", reason)),
+            )
+            for reason in VERIFY_FAILURES
         }
         | {
             ("choria_adapter_dropped_msgs", (("identity", IDENTITY), ("name", ADAPTER), ("reason", reason)))

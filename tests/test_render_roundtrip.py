@@ -59,6 +59,8 @@ def expected_adapter(name: str, adapter: dict[str, Any]) -> dict[str, Any]:
         "ingest_topic": ingest["topic"],
         "ingest_protocol": ingest.get("protocol", "reply"),
         "ingest_workers": ingest.get("workers", 10),
+        "ingest_verify": ingest.get("verify", "off"),
+        "ingest_verify_ca": ingest.get("verify_ca"),
         "stream_topic": topic,
         "stream_workers": stream.get("workers", 10),
         "stream_servers": tuple(url(server) for server in stream.get("servers", [])),

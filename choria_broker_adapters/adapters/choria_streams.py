@@ -17,6 +17,9 @@ Supervision: an unexpected exception while handling one message counts that mess
 `internal` and the worker carries on; an exception that ends a worker (connecting,
 subscribing, its publish loop) counts the message it held under `internal`, and the worker is
 restarted with backoff, counted in `restarts_<side>` and `choria_adapter_worker_restarts`.
+With `ingest.verify` on, ingest workers also verify each decoded message's signature
+(codec.verify): `enforce` drops what fails under `unverified`, `warn` stores everything and
+marks each stored message with a `Choria-Verified: true|false` header.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from nats.aio.subscription import Subscription
 
 from choria_broker_adapters.codec.output import OutputError, encode_output, message_id, output_subject
 from choria_broker_adapters.codec.protocol import DecodeError, Envelope, decode
-from choria_broker_adapters.config.settings import AdapterSettings, Settings
+from choria_broker_adapters.codec.verify import ENFORCE, OFF, VERIFIED_HEADER, WARN, Verifier
+from choria_broker_adapters.config.settings import AdapterSettings, Settings, load_trust
 from choria_broker_adapters.jetstream.admin import JetStreamAdminError, jetstream_request, stream_info
 from choria_broker_adapters.jetstream.batch_publisher import BatchPublisher, PublishMode, choose_publish_mode
 from choria_broker_adapters.jetstream.publisher import (
@@ -77,6 +81,10 @@ RESTART_BACKOFF_MAX = 30.0
 
 Connect = Callable[..., Awaitable[Client | None]]
 Decode = Callable[..., Envelope]
+# The extra headers of a message stored by a `warn` adapter, by its verdict.
+VERIFIED_HEADERS = {True: {VERIFIED_HEADER: "true"}, False: {VERIFIED_HEADER: "false"}}
+# A queued message: an Envelope, or (Envelope, extra headers) from a `warn` adapter.
+Queued = Envelope | tuple[Envelope, dict[str, str]]
 
 
 class WorkQueue:
@@ -84,21 +92,21 @@ class WorkQueue:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: deque[Envelope] = deque()
+        self._items: deque[Queued] = deque()
         self._not_empty = asyncio.Event()
         self._closed = False
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def offer(self, item: Envelope) -> bool:
+    def offer(self, item: Queued) -> bool:
         if len(self._items) >= self.capacity:
             return False
         self._items.append(item)
         self._not_empty.set()
         return True
 
-    async def take(self) -> Envelope | None:
+    async def take(self) -> Queued | None:
         """The next item; None once the queue is closed and empty."""
         while not self._items:
             if self._closed:
@@ -126,7 +134,7 @@ class _StreamWorker:
     publisher: Publisher | None = None
     task: asyncio.Task[None] | None = None
     running: bool = False  # its publish loop is taking messages
-    held: Envelope | None = None  # taken from the queue, not yet in the publisher's window
+    held: Queued | None = None  # taken from the queue, not yet in the publisher's window
     failure: BaseException | None = None  # set by whoever cancels the task because it failed
 
 
@@ -151,6 +159,7 @@ class AdapterState:
     stream_workers: int = 0
     # Workers whose connection is up and actually reading (a connected client whose read loop
     # died receives nothing, so it is not counted).
+    verify: str = OFF
     ingest_connected: int = 0
     stream_connected: int = 0
     queued: int = 0
@@ -227,6 +236,8 @@ class StreamsAdapter:
         self._publish_mode: asyncio.Task[PublishMode] | None = None  # decided once, by the first worker
         self._next_ready = 0
         self._warn_input = RateLimitedWarning(adapter_logger(self.name, "ingest"))
+        # `run` and `check` refuse unreadable trust material before anything starts.
+        self.verifier = Verifier(load_trust(broker, adapter)) if adapter.ingest_verify != OFF else None
         self._warn_output = RateLimitedWarning(adapter_logger(self.name, "stream"))
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -430,6 +441,7 @@ class StreamsAdapter:
         return AdapterState(
             name=self.name,
             type=self.adapter.type,
+            verify=self.adapter.ingest_verify,
             ingest_workers=len(self._ingest),
             stream_workers=len(self._stream),
             ingest_connected=sum(1 for w in self._ingest if w.subscribed and _healthy(w.nc)),
@@ -450,6 +462,7 @@ class StreamsAdapter:
                 **{f"dropped_{reason}": count for reason, count in self._adapter_counts.dropped.items()},
                 **{f"restarts_{side}": count for side, count in self._adapter_counts.restarts.items()},
                 **{f"reconnects_{side}": count for side, count in self._adapter_counts.reconnects.items()},
+                **(self._verify_counts() if self.verifier is not None else {}),
             },
         )
 
@@ -458,6 +471,13 @@ class StreamsAdapter:
         if task is None or not task.done() or task.cancelled():
             return ""
         return str(task.result())
+
+    def _verify_counts(self) -> dict[str, int]:
+        counters = self._adapter_counts
+        return {
+            "verified": counters.verified,
+            **{f"unverified_{k}": n for k, n in counters.unverified.items()},
+        }
 
     def _in_flight(self) -> int:
         return sum(w.publisher.in_flight for w in self._stream if w.publisher)
@@ -560,6 +580,11 @@ class StreamsAdapter:
         free_publisher = self._free_publisher
         publish = self._publish
         decode_message = self._decode
+        verifier = self.verifier
+        keep_secure = verifier is not None
+        enforce = self.adapter.ingest_verify == ENFORCE
+        warn_mode = self.adapter.ingest_verify == WARN
+        adapter_counts = self._adapter_counts
 
         async def handle(msg: Msg) -> None:
             try:
@@ -574,7 +599,9 @@ class StreamsAdapter:
             data = msg.data
             metrics.bytes += len(data)
             try:
-                envelope = decode_message(data, protocol=protocol, security_provider=provider)
+                envelope = decode_message(
+                    data, protocol=protocol, security_provider=provider, keep_secure=keep_secure
+                )
             except DecodeError as error:
                 metrics.errors += 1
                 self._drop("decode")
@@ -584,6 +611,27 @@ class StreamsAdapter:
                     {"subject": msg.subject, "reason": error.reason},
                 )
             else:
+                item: Queued = envelope
+                if verifier is not None:
+                    verdict = verifier.verify(envelope)
+                    if verdict.verified:
+                        adapter_counts.verified += 1
+                    else:
+                        adapter_counts.unverified[verdict.kind] += 1
+                        # Keyed on the kind: a flood of spoofed senders is one rate-limited line.
+                        warn(
+                            f"unverified:{verdict.kind}",
+                            f"Message from {envelope.sender} did not verify"
+                            f"{', discarding' if enforce else ''}: {verdict.reason}",
+                            {"subject": msg.subject, "sender": envelope.sender, "reason": verdict.reason},
+                        )
+                        if enforce:
+                            metrics.errors += 1
+                            self._drop("unverified")
+                            metrics.observe(perf_counter() - started)
+                            return
+                    if warn_mode:
+                        item = (envelope, VERIFIED_HEADERS[verdict.verified])
                 # An idle publisher with room takes the message at once, as an unbuffered hand-over
                 # would; the queue is for when every window is full (and keeps FIFO order then).
                 if not queue and (stream_worker := free_publisher()) is not None:
@@ -592,7 +640,7 @@ class StreamsAdapter:
                     metrics.observe(perf_counter() - started)
                     publisher = stream_worker.publisher
                     try:
-                        await publish(stream_worker, publisher, envelope)
+                        await publish(stream_worker, publisher, item)
                     except Exception as error:
                         # Counted as the stream side's: the message was received already.
                         stream_worker.metrics.errors += 1
@@ -600,7 +648,7 @@ class StreamsAdapter:
                         self._internal_error(self._warn_output, "stream", error, msg.subject)
                         self._fail_stream_worker(stream_worker, error)
                     return
-                if queue.offer(envelope):
+                if queue.offer(item):
                     metrics.received += 1
                     counts["received"] += 1
                 else:
@@ -718,11 +766,11 @@ class StreamsAdapter:
             self._ready.append(worker)
         take = self.queue.take
         publish = self._publish
-        while (envelope := await take()) is not None:
-            worker.held = envelope
+        while (item := await take()) is not None:
+            worker.held = item
             accepted = publisher.accepted
             try:
-                await publish(worker, publisher, envelope)
+                await publish(worker, publisher, item)
                 worker.held = None
             finally:
                 if publisher.accepted != accepted:
@@ -740,8 +788,12 @@ class StreamsAdapter:
                 return worker
         return None
 
-    async def _publish(self, worker: _StreamWorker, publisher: Publisher, envelope: Envelope) -> None:
+    async def _publish(self, worker: _StreamWorker, publisher: Publisher, item: Queued) -> None:
         """Encode one message and put it in the worker's acknowledgement window (or count why not)."""
+        if type(item) is tuple:
+            envelope, headers = item
+        else:
+            envelope, headers = item, None
         metrics = worker.metrics
         started = time.perf_counter()
         try:
@@ -772,7 +824,11 @@ class StreamsAdapter:
             self._internal_error(self._warn_output, "stream", error, subject)
             return
         msg_id = message_id(envelope)
-        oversize = publisher.too_large(body, msg_id)
+        oversize = (
+            publisher.too_large(body, msg_id)
+            if headers is None
+            else publisher.too_large(body, msg_id, headers)
+        )
         if oversize is not None:
             metrics.errors += 1
             self._drop("encode")
@@ -783,7 +839,10 @@ class StreamsAdapter:
             )
             return
         metrics.bytes += len(body)
-        await publisher.publish(subject, body, msg_id)
+        if headers is None:
+            await publisher.publish(subject, body, msg_id)
+        else:
+            await publisher.publish(subject, body, msg_id, headers)
         metrics.observe(time.perf_counter() - started)
 
     def _acked_handler(self, worker: _StreamWorker) -> Callable[[], None]:

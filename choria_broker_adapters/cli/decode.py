@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import BinaryIO
 
-from choria_broker_adapters.cli import EXIT_FAILURE, EXIT_OK
+from choria_broker_adapters.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from choria_broker_adapters.codec.output import (
     ADAPTER_TYPES,
     OutputError,
@@ -15,7 +15,18 @@ from choria_broker_adapters.codec.output import (
     message_id,
     output_subject,
 )
-from choria_broker_adapters.codec.protocol import DecodeError, decode
+from choria_broker_adapters.codec.protocol import DecodeError, decode, protocol_version_for
+from choria_broker_adapters.codec.verify import (
+    ENFORCE,
+    OFF,
+    VERIFY_MODES,
+    Trust,
+    TrustError,
+    Verdict,
+    Verifier,
+    load_ca_bundle,
+    parse_issuer_key,
+)
 
 NAME = "decode"
 HELP = "decode one raw Choria message: print the subject and document it becomes, or why it is dropped"
@@ -33,8 +44,15 @@ examples:
   choria-broker-adapters decode msg.json
   choria-broker-adapters decode --protocol reply --topic 'choria.replies.%s' msg.json
   choria-broker-adapters decode --security-provider choria --type jetstream - < v2msg.json
+  choria-broker-adapters decode --verify enforce --verify-ca /etc/puppetlabs/puppet/ssl/certs/ca.pem msg.json
+  choria-broker-adapters decode --security-provider choria --verify enforce --issuer choria=<hex> msg.json
 
-exit status: 0 the message would be published, 1 it would be discarded (reason on stderr)
+With --verify warn or enforce the verdict ("verify: verified" or "verify: failed: <reason>")
+is printed on standard error, as ingest.verify would decide; under enforce a message that
+does not verify is discarded.
+
+exit status: 0 the message would be published, 1 it would be discarded (reason on stderr),
+2 usage error (including unreadable --verify-ca or a bad --issuer)
 """
 
 SECURITY_PROVIDERS = ("puppet", "file", "certmanager", "pkcs11", "choria")
@@ -71,7 +89,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also show the decoded sender, request id, time and message id on standard error",
     )
+    parser.add_argument(
+        "--verify",
+        choices=VERIFY_MODES,
+        default=OFF,
+        help="the adapter's ingest.verify: check the signature and print the verdict (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--verify-ca",
+        metavar="FILE",
+        help="CA bundle (PEM) that v1 certificates must chain to, as ingest.verify_ca",
+    )
+    parser.add_argument(
+        "--issuer",
+        action="append",
+        default=[],
+        metavar="NAME=HEX",
+        help="a trusted v2 token issuer and its hex ed25519 public key, as "
+        "plugin.security.issuer.NAME.public (repeatable)",
+    )
     parser.add_argument("file", nargs="?", default="-", metavar="FILE", help='the raw message, "-" for stdin')
+
+
+def _verifier(args: argparse.Namespace) -> Verifier | str:
+    """The verifier the options describe, or what is wrong with them."""
+    issuers = {}
+    for item in args.issuer:
+        name, equals, text = item.partition("=")
+        if not equals or not name:
+            return f"--issuer {item!r}: expected NAME=HEX"
+        try:
+            issuers[name] = parse_issuer_key(text)
+        except TrustError as error:
+            return f"--issuer {name}: {error.reason}"
+    ca = ()
+    if args.verify_ca:
+        try:
+            ca = load_ca_bundle(args.verify_ca)
+        except TrustError as error:
+            return f"--verify-ca: {error.reason}"
+    if protocol_version_for(args.security_provider) == 1 and not ca:
+        return "--verify needs --verify-ca FILE to verify version 1 messages"
+    if protocol_version_for(args.security_provider) == 2 and not issuers:
+        return "--verify needs --issuer NAME=HEX to verify version 2 messages"
+    return Verifier(Trust(ca=ca, issuers=issuers))
 
 
 def _read(path: str) -> bytes:
@@ -98,11 +159,32 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
         return EXIT_FAILURE
+    verifier = None
+    if args.verify != OFF:
+        built = _verifier(args)
+        if isinstance(built, str):
+            print(built, file=sys.stderr)
+            return EXIT_USAGE
+        verifier = built
     try:
-        envelope = decode(payload, protocol=args.protocol, security_provider=args.security_provider)
+        envelope = decode(
+            payload,
+            protocol=args.protocol,
+            security_provider=args.security_provider,
+            keep_secure=verifier is not None,
+        )
     except DecodeError as error:
         print(f"discarded at input: {error.reason}", file=sys.stderr)
         return EXIT_FAILURE
+    if verifier is not None:
+        verdict: Verdict = verifier.verify(envelope)
+        if verdict.verified:
+            print("verify: verified", file=sys.stderr)
+        else:
+            print(f"verify: failed ({verdict.kind}): {verdict.reason}", file=sys.stderr)
+            if args.verify == ENFORCE:
+                print(f"discarded as unverified: {verdict.reason}", file=sys.stderr)
+                return EXIT_FAILURE
     if args.verbose:
         try:
             time_text = format_time(envelope.time)

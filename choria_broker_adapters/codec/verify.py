@@ -309,6 +309,8 @@ class Verifier:
             return _Certificate(_fail(MALFORMED, "pubcert is not a valid PEM certificate"))
         if not isinstance(key, rsa.RSAPublicKey):
             return _Certificate(_fail(MALFORMED, "certificate key is not RSA"))
+        if _is_ca(certificate):
+            return _Certificate(_fail(UNTRUSTED, "certificate is a CA certificate, not a node's"))
         if not any(_issued_by(certificate, ca, now) for ca in self.trust.ca):
             return _Certificate(_fail(UNTRUSTED, "certificate not issued by the configured CA"))
         shown = sorted(names)[0] if names else "(none)"
@@ -521,6 +523,14 @@ def _certificate_names(certificate: x509.Certificate) -> set[str]:
         return names
     names.update(alternative.value.get_values_for_type(x509.DNSName))
     return names
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return constraints.value.ca
 
 
 def _issued_by(certificate: x509.Certificate, ca: x509.Certificate, now: float) -> bool:

@@ -30,7 +30,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import nats.errors
@@ -114,11 +114,13 @@ class _Held:
 
     __slots__ = ("attempts", "body", "first_sent", "headers", "msg_id", "reason", "subject")
 
-    def __init__(self, subject: str, body: bytes, msg_id: str, now: float) -> None:
+    def __init__(
+        self, subject: str, body: bytes, msg_id: str, now: float, extra: Mapping[str, str] | None = None
+    ) -> None:
         self.subject = subject
         self.body = body
         self.msg_id = msg_id
-        self.headers = {MSG_ID_HEADER: msg_id}
+        self.headers = {MSG_ID_HEADER: msg_id} if extra is None else {**extra, MSG_ID_HEADER: msg_id}
         self.first_sent = now
         self.attempts = 0
         self.reason: str | None = None
@@ -277,10 +279,13 @@ class BatchPublisher:
         self._timer = asyncio.create_task(self._timer_loop(), name=f"batch-publisher-timer-{self.name}")
         self._started = True
 
-    async def publish(self, subject: str, body: bytes, msg_id: str) -> None:
-        """Hold and send one message; waits only while `max_pending` messages are unconfirmed."""
+    async def publish(
+        self, subject: str, body: bytes, msg_id: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Hold and send one message (with `headers` besides the Nats-Msg-Id); waits only while
+        `max_pending` messages are unconfirmed."""
         if self._fallback is not None:
-            await self._fallback.publish(subject, body, msg_id)
+            await self._fallback.publish(subject, body, msg_id, headers)
             self.accepted += 1
             return
         held = self._held
@@ -290,12 +295,12 @@ class BatchPublisher:
         if self._closed or not self._started:
             raise RuntimeError(f"publisher {self.name!r} is {'closed' if self._closed else 'not started'}")
         if self._fallback is not None:
-            await self._fallback.publish(subject, body, msg_id)
+            await self._fallback.publish(subject, body, msg_id, headers)
             self.accepted += 1
             return
         now = time.monotonic()
         self._last_publish = now
-        held.append(_Held(subject, body, msg_id, now))
+        held.append(_Held(subject, body, msg_id, now, headers))
         self.accepted += 1
         self._idle.clear()
         batch = self._batch

@@ -187,11 +187,13 @@ class _Pending:
         "subject",
     )
 
-    def __init__(self, subject: str, body: bytes, msg_id: str, now: float) -> None:
+    def __init__(
+        self, subject: str, body: bytes, msg_id: str, now: float, extra: Mapping[str, str] | None = None
+    ) -> None:
         self.subject = subject
         self.body = body
         self.msg_id = msg_id
-        self.headers = {MSG_ID_HEADER: msg_id}
+        self.headers = {MSG_ID_HEADER: msg_id} if extra is None else {**extra, MSG_ID_HEADER: msg_id}
         self.first_sent = now
         self.attempts = 0
         self.in_flight = False  # True: waiting for an ack until `due`; False: resend at `due`
@@ -220,7 +222,9 @@ class Publisher(Protocol):
     @property
     def max_pending(self) -> int: ...
     async def start(self) -> None: ...
-    async def publish(self, subject: str, body: bytes, msg_id: str) -> None: ...
+    async def publish(
+        self, subject: str, body: bytes, msg_id: str, headers: Mapping[str, str] | None = None
+    ) -> None: ...
     async def flush(self, timeout: float) -> int: ...
     async def close(self) -> None: ...
 
@@ -330,12 +334,17 @@ class AckedPublisher:
         self._timer = asyncio.create_task(self._timer_loop(), name=f"acked-publisher-timer-{self.name}")
         self._started = True
 
-    def too_large(self, body: bytes, msg_id: str) -> str | None:
-        """Why `body` with its Nats-Msg-Id exceeds the connected server's max_payload, or None."""
-        return oversize_reason(len(body), header_block_size({MSG_ID_HEADER: msg_id}), self._nc.max_payload)
+    def too_large(self, body: bytes, msg_id: str, headers: Mapping[str, str] | None = None) -> str | None:
+        """Why `body` with its Nats-Msg-Id (and `headers`) exceeds the connected server's
+        max_payload, or None."""
+        block = {MSG_ID_HEADER: msg_id} if headers is None else {**headers, MSG_ID_HEADER: msg_id}
+        return oversize_reason(len(body), header_block_size(block), self._nc.max_payload)
 
-    async def publish(self, subject: str, body: bytes, msg_id: str) -> None:
-        """Send one message; waits only while `max_pending` messages are unconfirmed."""
+    async def publish(
+        self, subject: str, body: bytes, msg_id: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Send one message, with `headers` besides the Nats-Msg-Id (every attempt carries the
+        same); waits only while `max_pending` messages are unconfirmed."""
         while len(self._pending) >= self._max_pending and not self._closed:
             self._has_room.clear()
             await self._has_room.wait()
@@ -343,7 +352,7 @@ class AckedPublisher:
             raise RuntimeError(f"publisher {self.name!r} is {'closed' if self._closed else 'not started'}")
         token = next(self._tokens)
         now = time.monotonic()
-        entry = _Pending(subject, body, msg_id, now)
+        entry = _Pending(subject, body, msg_id, now, headers)
         self._pending[token] = entry
         self.accepted += 1
         self._idle.clear()

@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from choria_broker_adapters import __version__
+from choria_broker_adapters.codec.verify import FAILURE_KINDS
 
 log = logging.getLogger("choria_broker_adapters.process.stats")
 
@@ -44,6 +45,7 @@ DROP_REASONS = (
     "slow_consumer",
     "internal",
     "malformed_frame",
+    "unverified",
 )
 # The two kinds of worker a supervisor restarts; label values of choria_adapter_worker_restarts.
 WORKER_SIDES = ("ingest", "stream")
@@ -79,6 +81,9 @@ class AdapterCounters:
     restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WORKER_SIDES, 0))
     reconnects: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WORKER_SIDES, 0))
     late_acks: int = 0  # given up after the retry budget, acknowledged by JetStream later
+    # ingest.verify: messages that verified, and those that did not by failure kind
+    verified: int = 0
+    unverified: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_KINDS, 0))
 
 
 class _AdapterCollector(Collector):
@@ -129,9 +134,22 @@ class _AdapterCollector(Collector):
             "Messages given up after the retry budget that JetStream acknowledged later (counted stored)",
             "counter",
         )
+        verified = Metric(
+            "choria_adapter_verified_msgs", "Messages whose signature verified (ingest.verify)", "counter"
+        )
+        unverified = Metric(
+            "choria_adapter_unverified_msgs",
+            "Messages that failed verification (ingest.verify), by reason",
+            "counter",
+        )
         for adapter, counters in self.metrics.all_adapters().items():
             labels = {"name": adapter, "identity": identity}
             late_acks.add_sample(late_acks.name, labels, counters.late_acks)
+            verified.add_sample(verified.name, labels, counters.verified)
+            for reason, count in counters.unverified.items():
+                unverified.add_sample(
+                    unverified.name, {"name": adapter, "reason": reason, "identity": identity}, count
+                )
             retries.add_sample(retries.name, labels, counters.retries)
             duplicates.add_sample(duplicates.name, labels, counters.duplicates)
             for reason, count in counters.dropped.items():
@@ -146,7 +164,7 @@ class _AdapterCollector(Collector):
                 reconnects.add_sample(
                     reconnects.name, {"name": adapter, "side": side, "identity": identity}, count
                 )
-        yield from (retries, duplicates, dropped, restarts, reconnects, late_acks)
+        yield from (retries, duplicates, dropped, restarts, reconnects, late_acks, verified, unverified)
 
         for gauge in self.metrics.gauges():
             family = GaugeMetricFamily(gauge.name, gauge.documentation, labels=["name", "identity"])
@@ -314,6 +332,8 @@ class Snapshot:
                     dict(counters.get("restarts", {})),
                     dict(counters.get("reconnects", {})),
                     counters.get("late_acks", 0),
+                    counters.get("verified", 0),
+                    dict(counters.get("unverified", {})),
                 )
                 for name, counters in document.get("adapters", {}).items()
             },
@@ -345,6 +365,9 @@ def merge_snapshots(snapshots: list[Snapshot]) -> Snapshot:
                 target.restarts[side] = target.restarts.get(side, 0) + count
             for side, count in adapter.reconnects.items():
                 target.reconnects[side] = target.reconnects.get(side, 0) + count
+            target.verified += adapter.verified
+            for kind, count in adapter.unverified.items():
+                target.unverified[kind] = target.unverified.get(kind, 0) + count
         for gauge, values in snapshot.gauges.items():
             gauge_total = total.gauges.setdefault(gauge, {})
             for adapter, value in values.items():
@@ -364,6 +387,8 @@ def _copy_adapter(counters: AdapterCounters) -> AdapterCounters:
         dict(counters.restarts),
         dict(counters.reconnects),
         counters.late_acks,
+        counters.verified,
+        dict(counters.unverified),
     )
 
 
