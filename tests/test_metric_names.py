@@ -42,6 +42,8 @@ DROP_REASONS = (
     "internal",
     "malformed_frame",
     "unverified",
+    "rejected",
+    "stream_full",
 )
 VERIFY_FAILURES = (
     "unsigned",

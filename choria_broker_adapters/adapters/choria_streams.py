@@ -870,16 +870,18 @@ class StreamsAdapter:
                 if result.uncertain:
                     self._drop("unconfirmed")
                     warn(
-                        f"unconfirmed:{result.reason}",
+                        "unconfirmed",
                         f"Gave up publishing to JetStream {result.subject} after {result.attempts} "
                         f"attempt(s) and no late acknowledgement came; JetStream may or may not have "
                         f"stored it: {result.reason}",
                         {"subject": result.subject, "reason": result.reason},
                     )
                     return
-                self._drop("publish")
+                drop_reason = result.refusal or "publish"
+                self._drop(drop_reason)
+                # Keyed on the kind of drop only: the reason text names the subject.
                 warn(
-                    f"publish:{result.reason}",
+                    f"publish:{drop_reason}",
                     f"Could not publish to JetStream {result.subject} after {result.attempts} attempt(s), "
                     f"discarding: {result.reason}",
                     {"subject": result.subject, "reason": result.reason},

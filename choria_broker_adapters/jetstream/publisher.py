@@ -74,6 +74,9 @@ class PublishResult:
     seq: int | None = None
     late: bool = False  # acknowledged after the retry budget was spent
     uncertain: bool = False  # DROPPED, but an unanswered attempt may have been stored
+    # For a message dropped at once because no retry could store it: the drop reason
+    # (`rejected`, `stream_full`, `encode`); None for a drop after the retry budget.
+    refusal: str | None = None
 
     @property
     def stored(self) -> bool:
@@ -88,6 +91,7 @@ class AckVerdict:
     duplicate: bool = False
     seq: int | None = None
     reason: str | None = None
+    refusal: str | None = None  # set: a permanent refusal, dropped under this reason at once
 
 
 def no_stream_reason(subject: str) -> str:
@@ -118,13 +122,61 @@ def interpret_ack(data: bytes, headers: Mapping[str, str] | None, subject: str) 
         return AckVerdict(False, reason=f"unexpected JetStream acknowledgement: {data[:200]!r}")
     error = document.get("error")
     if error is not None:
-        return AckVerdict(False, reason=describe_api_error(error, subject))
+        refusal = permanent_refusal(error)
+        reason = describe_api_error(error, subject)
+        if refusal is not None:
+            reason = f"{reason} ({PERMANENT_HINTS[refusal]})"
+        return AckVerdict(False, reason=reason, refusal=refusal)
     if "stream" not in document:
         return AckVerdict(False, reason=f"acknowledgement names no stream: {data[:200]!r}")
     seq = document.get("seq")
     return AckVerdict(
         True, duplicate=document.get("duplicate") is True, seq=seq if isinstance(seq, int) else None
     )
+
+
+# JetStream API error codes that no retry can cure, by the drop reason they are counted under.
+# Everything else (timeouts, no responders, JetStream or a stream leader temporarily
+# unavailable, a missing stream that may be created, storage a limit may free) is retried.
+ERR_MESSAGE_TOO_LARGE = 10054  # larger than the stream's max_msg_size
+ERR_STREAM_STORE_FAILED = 10077  # with discard new: maximum messages/bytes (per subject) exceeded
+ERR_STREAM_NAME_MISMATCH = 10056
+ERR_EXPECTED_STREAM_MISMATCH = 10060  # the subject is captured by another stream than expected
+ERR_EXPECTED_SEQUENCE_MISMATCH = 10063
+ERR_WRONG_LAST_MSG_ID = 10070
+ERR_WRONG_LAST_SEQUENCE = 10071
+ERR_STREAM_SEALED = 10109
+_REJECTED_CODES = frozenset(
+    {
+        ERR_MESSAGE_TOO_LARGE,
+        ERR_STREAM_NAME_MISMATCH,
+        ERR_EXPECTED_STREAM_MISMATCH,
+        ERR_EXPECTED_SEQUENCE_MISMATCH,
+        ERR_WRONG_LAST_MSG_ID,
+        ERR_WRONG_LAST_SEQUENCE,
+        ERR_STREAM_SEALED,
+    }
+)
+PERMANENT_HINTS = {
+    "rejected": "the stream refuses this message permanently; not retried",
+    "stream_full": "the stream is full and discards new messages; not retried",
+}
+
+
+def permanent_refusal(error: Any) -> str | None:
+    """The drop reason for a JetStream API error no retry can cure, or None (retry it).
+
+    Pure, tested with a table. Decided by `err_code`: the HTTP-like `code` does not separate
+    them (a full stream answers 503, like a temporarily unavailable JetStream)."""
+    if not isinstance(error, dict):
+        return None
+    code = error.get("err_code")
+    if code in _REJECTED_CODES:
+        return "rejected"
+    if code == ERR_STREAM_STORE_FAILED:
+        # The same code reports other store failures (a disk error) that may pass.
+        return "stream_full" if "exceeded" in str(error.get("description", "")).lower() else None
+    return None
 
 
 def describe_api_error(error: Any, subject: str) -> str:
@@ -401,7 +453,9 @@ class AckedPublisher:
         # publishing over it would make that server close the connection.
         oversize = oversize_reason(len(entry.body), header_block_size(entry.headers), self._nc.max_payload)
         if oversize is not None:
-            self._finish(token, entry, PublishOutcome.DROPPED, reason=f"cannot publish: {oversize}")
+            self._finish(
+                token, entry, PublishOutcome.DROPPED, reason=f"cannot publish: {oversize}", refusal="encode"
+            )
             return
         try:
             await self._nc.publish(
@@ -434,6 +488,9 @@ class AckedPublisher:
         if verdict.stored:
             outcome = PublishOutcome.DUPLICATE if verdict.duplicate else PublishOutcome.ACKED
             self._finish(token, entry, outcome, seq=verdict.seq)
+        elif verdict.refusal is not None:
+            # Whichever attempt it answers: retrying cannot help, and the slot is freed at once.
+            self._finish(token, entry, PublishOutcome.DROPPED, reason=verdict.reason, refusal=verdict.refusal)
         elif entry.in_flight:
             # While waiting for a resend, a late failure of an earlier attempt changes nothing.
             self._failed(token, entry, verdict.reason or "publish failed", time.monotonic())
@@ -456,10 +513,18 @@ class AckedPublisher:
         *,
         reason: str | None = None,
         seq: int | None = None,
+        refusal: str | None = None,
     ) -> None:
         del self._pending[token]
         self._has_room.set()
-        if outcome is PublishOutcome.DROPPED and entry.maybe_stored and self._late_ack_linger > 0:
+        # A refusal is JetStream's answer: it checks the Nats-Msg-Id before its limits, so an
+        # earlier attempt that was stored would have made this one a duplicate instead.
+        if (
+            outcome is PublishOutcome.DROPPED
+            and refusal is None
+            and entry.maybe_stored
+            and self._late_ack_linger > 0
+        ):
             # Out of the window, but its ack may still come: settled by _settle_given_up.
             entry.reason = reason
             entry.body = b""  # never resent
@@ -480,7 +545,7 @@ class AckedPublisher:
             )
         if not self._pending and not self._given_up:
             self._idle.set()
-        self._report(entry, outcome, reason=reason, seq=seq)
+        self._report(entry, outcome, reason=reason, seq=seq, refusal=refusal)
 
     def _settle_given_up(self, token: int, verdict: AckVerdict | None) -> None:
         """A given-up message: acknowledged late (`verdict`), or its linger ended (None)."""
@@ -508,6 +573,7 @@ class AckedPublisher:
         seq: int | None = None,
         late: bool = False,
         uncertain: bool = False,
+        refusal: str | None = None,
     ) -> None:
         try:
             if (
@@ -520,7 +586,15 @@ class AckedPublisher:
             elif self._on_result is not None:
                 self._on_result(
                     PublishResult(
-                        entry.subject, entry.msg_id, outcome, entry.attempts, reason, seq, late, uncertain
+                        entry.subject,
+                        entry.msg_id,
+                        outcome,
+                        entry.attempts,
+                        reason,
+                        seq,
+                        late,
+                        uncertain,
+                        refusal,
                     )
                 )
         except Exception:

@@ -46,6 +46,8 @@ DROP_REASONS = (
     "internal",
     "malformed_frame",
     "unverified",
+    "rejected",
+    "stream_full",
 )
 # The two kinds of worker a supervisor restarts; label values of choria_adapter_worker_restarts.
 WORKER_SIDES = ("ingest", "stream")
