@@ -2,7 +2,9 @@
 
 The replies in the table are what nats-server 2.15 answers (captured from a real server:
 limits with discard new, max_msg_size, expected-stream and expected-sequence headers, a
-sealed stream), plus the transient ones the publisher must keep retrying.
+sealed stream), plus the transient ones the publisher must keep retrying. The runtime tests
+use per-message acknowledgements (`stream.publish = acked`), the publisher this classifier
+drives.
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ from choria_broker_adapters.jetstream.publisher import (
     PublishResult,
     backoff_delay,
     describe_exception,
+    message_oversize,
     stream_for_subject,
 )
 from choria_broker_adapters.process.logs import RateLimitedWarning, adapter_logger
@@ -824,11 +825,9 @@ class StreamsAdapter:
             self._internal_error(self._warn_output, "stream", error, subject)
             return
         msg_id = message_id(envelope)
-        oversize = (
-            publisher.too_large(body, msg_id)
-            if headers is None
-            else publisher.too_large(body, msg_id, headers)
-        )
+        nc = worker.nc
+        # Checked here for either publisher: the server would close the connection instead.
+        oversize = message_oversize(body, msg_id, headers, nc.max_payload) if nc is not None else None
         if oversize is not None:
             metrics.errors += 1
             self._drop("encode")

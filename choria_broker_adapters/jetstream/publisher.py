@@ -199,6 +199,14 @@ def header_block_size(headers: Mapping[str, str]) -> int:
     )
 
 
+def message_oversize(
+    body: bytes, msg_id: str, headers: Mapping[str, str] | None, max_payload: int
+) -> str | None:
+    """`oversize_reason` for a message published with its Nats-Msg-Id and `headers`."""
+    block = {MSG_ID_HEADER: msg_id} if headers is None else {**headers, MSG_ID_HEADER: msg_id}
+    return oversize_reason(len(body), header_block_size(block), max_payload)
+
+
 def oversize_reason(body_size: int, headers_size: int, max_payload: int) -> str | None:
     """Why a message cannot be published to a server announcing `max_payload`, or None.
 
@@ -385,12 +393,6 @@ class AckedPublisher:
         self._subscription = await self._nc.subscribe(f"{self._inbox_prefix}.*", cb=self._on_ack)
         self._timer = asyncio.create_task(self._timer_loop(), name=f"acked-publisher-timer-{self.name}")
         self._started = True
-
-    def too_large(self, body: bytes, msg_id: str, headers: Mapping[str, str] | None = None) -> str | None:
-        """Why `body` with its Nats-Msg-Id (and `headers`) exceeds the connected server's
-        max_payload, or None."""
-        block = {MSG_ID_HEADER: msg_id} if headers is None else {**headers, MSG_ID_HEADER: msg_id}
-        return oversize_reason(len(body), header_block_size(block), self._nc.max_payload)
 
     async def publish(
         self, subject: str, body: bytes, msg_id: str, headers: Mapping[str, str] | None = None
