@@ -152,7 +152,7 @@ class Plan:
     capacity_messages: int
     paced_messages: int
     senders: int
-    paced_rate: float | None = None  # None: paced_fraction x the rate basis bridge's capacity
+    paced_rate: float | None = None  # None: paced_fraction x the first capacity measured (fast1's)
     paced_fraction: float = 0.5
     bridges: tuple[str, ...] = BRIDGES
     ceilings: tuple[str, ...] = CEILINGS
@@ -203,11 +203,12 @@ class Trial:
     publish_mode: str | None = None  # runtime bridges: what the runtime chose
     exit_codes: list[int] = field(default_factory=list)
     phase_s: dict[str, float] = field(default_factory=dict)  # where the trial's time went (progress)
+    phase_started: float = field(default_factory=time.monotonic, repr=False)
 
     def phase_done(self, name: str) -> None:
         now = time.monotonic()
-        self.phase_s[name] = round(now - self.phase_s.pop("_mark", now), 1)
-        self.phase_s["_mark"] = now
+        self.phase_s[name] = round(now - self.phase_started, 1)
+        self.phase_started = now
 
     @property
     def msgs_per_s(self) -> float | None:
@@ -609,7 +610,7 @@ async def read_stream(js: JetStreamContext, stream: str) -> dict[str, StoredPhas
 
 class Pacing:
     """The paced rate of one input: fixed by --rate, or set by the first capacity measured
-    (the rate basis bridge's, which runs first)."""
+    (fast1's, which runs first; another bridge's only when fast1 is not run or failed)."""
 
     def __init__(self, plan: Plan) -> None:
         self.fraction = plan.paced_fraction
@@ -688,7 +689,6 @@ async def run_bridge_trial(
             free_port() if spec.runtime else 0,
             Path(plan.profile_dir) / f"{trial_dir.name}.prof" if plan.profile_dir else None,
         )
-        trial.phase_done("_start")
         commands = bridge_commands(spec, context)
         logs = [trial_dir / f"bridge-{index}.log" for index in range(len(commands))]
         for command, log in zip(commands, logs, strict=True):
@@ -1159,9 +1159,8 @@ def describe_trial(trial: Trial) -> str:
         text += f", steady RSS {'+'.join(f'{value:.0f}' for value in trial.rss_mb)} MB"
     if trial.publish_mode:
         text += f", publish mode {trial.publish_mode}"
-    phases = [f"{name} {seconds:g}" for name, seconds in trial.phase_s.items() if not name.startswith("_")]
-    if phases:
-        text += f"; seconds: {', '.join(phases)}"
+    if trial.phase_s:
+        text += "; seconds: " + ", ".join(f"{name} {seconds:g}" for name, seconds in trial.phase_s.items())
     return text
 
 
