@@ -328,19 +328,13 @@ def test_quick_benchmark_runs_every_bridge_and_ceiling_tiny_and_loses_nothing() 
     assert all(target["met"] is not None for target in report["targets"]), report["targets"]
 
 
-def test_a_fixed_rate_overrides_the_relative_one() -> None:
+def test_a_fixed_rate_overrides_the_relative_one(tmp_path: Path) -> None:
+    saved = tmp_path / "run.json"
     report = _run_json(
-        "--bridges",
-        "fast1",
-        "--ceilings",
-        "none",
-        "--rate",
-        "500",
-        "--messages",
-        "200",
-        "--paced-messages",
-        "200",
+        *("--bridges", "fast1", "--ceilings", "none", "--rate", "500"),
+        *("--messages", "200", "--paced-messages", "200", "--save", str(saved)),
     )
+    assert json.loads(saved.read_text()) == report
     assert (report["paced_rate"], report["paced_rate_basis"]) == (500.0, "fixed with --rate")
     assert report["ceilings"] == {}
     fast1 = report["bridges"]["fast1"]
