@@ -1,1 +1,1 @@
-"""Benchmark of the runtime against two reference bridges (see bench/run --help)."""
+"""Benchmarks: the runtime against reference bridges and ceilings (bench/run --help, bench/README.md)."""
