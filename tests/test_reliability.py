@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -67,6 +68,24 @@ def runtimes() -> Iterator[list[Runtime]]:
         assert "Traceback" not in runtime.process.log_text(), runtime.process.log_path
 
 
+# The fault tests run with both publishers (stream.publish); batched needs a stream with allow_batched.
+PUBLISH_MODES = pytest.mark.parametrize("publish_mode", ["acked", "batched"])
+
+
+def stream_options(publish_mode: str) -> dict[str, Any]:
+    return {"allow_batched": True} if publish_mode == "batched" else {}
+
+
+async def wait_publishing(runtime: Runtime, publish_mode: str, workers: int = 4) -> None:
+    """Wait until every stream worker publishes the way the test wants (shown in /choria/)."""
+
+    async def chosen() -> bool:
+        adapter = await runtime.adapter()
+        return adapter["publish_mode"] == publish_mode and adapter[f"{publish_mode}_publishers"] == workers
+
+    await wait_until(chosen, 30, f"{workers} {publish_mode} publishers")
+
+
 def drops(counts: dict[str, int]) -> dict[str, int]:
     return {reason: counts[f"dropped_{reason}"] for reason in DROP_REASONS if counts[f"dropped_{reason}"]}
 
@@ -82,20 +101,24 @@ def assert_stored_exactly_once(stored: list[tuple[str, str]], expected: set[tupl
 # -- 1. JetStream SIGKILLed and restarted -----------------------------------------------------
 
 
+@PUBLISH_MODES
 async def test_jetstream_sigkill_and_restart_stores_every_message_exactly_once(
-    servers: tuple[NatsServer, NatsServer], runtimes: list[Runtime], tmp_path: Path
+    servers: tuple[NatsServer, NatsServer], runtimes: list[Runtime], tmp_path: Path, publish_mode: str
 ) -> None:
     choria, jetstream = servers
-    await add_stream(jetstream.url, "REL_KILL")
+    await add_stream(jetstream.url, "REL_KILL", **stream_options(publish_mode))
     # queue_len holds the ~3 s the publishers cannot drain (2,000 msgs/s) with room to spare.
     runtime = start_runtime(
         tmp_path,
         "runtime",
         middleware=choria.address,
-        adapter=adapter_keys(jetstream.address, queue_len=20000, stream__ack_timeout="2s"),
+        adapter=adapter_keys(
+            jetstream.address, queue_len=20000, stream__ack_timeout="2s", stream__publish=publish_mode
+        ),
     )
     runtimes.append(runtime)
     await runtime.wait_subscribed(4)
+    await wait_publishing(runtime, publish_mode)
     pid = runtime.pid
     messages = small_fleet(16000, tag="kill")
     outage = {}
@@ -127,24 +150,29 @@ async def test_jetstream_sigkill_and_restart_stores_every_message_exactly_once(
 # -- 2. three-node cluster, stream leader killed ------------------------------------------------
 
 
+@PUBLISH_MODES
 async def test_cluster_stream_leader_killed_loses_nothing_and_publishing_resumes(
-    nats_server_factory: Callable[..., NatsServer], runtimes: list[Runtime], tmp_path: Path
+    nats_server_factory: Callable[..., NatsServer], runtimes: list[Runtime], tmp_path: Path, publish_mode: str
 ) -> None:
     choria = nats_server_factory(jetstream=False)
     nodes = cluster_nodes(nats_server_factory, 3, name="relc")
     urls = [node.url for node in nodes]
-    await add_stream(urls, "REL_R3", num_replicas=3)
+    await add_stream(urls, "REL_R3", num_replicas=3, **stream_options(publish_mode))
     runtime = start_runtime(
         tmp_path,
         "runtime",
         middleware=choria.address,
         # stream.servers lists every node: the client fails over to a live one on its own.
         adapter=adapter_keys(
-            ",".join(node.address for node in nodes), queue_len=20000, stream__ack_timeout="2s"
+            ",".join(node.address for node in nodes),
+            queue_len=20000,
+            stream__ack_timeout="2s",
+            stream__publish=publish_mode,
         ),
     )
     runtimes.append(runtime)
     await runtime.wait_subscribed(4)
+    await wait_publishing(runtime, publish_mode)
     messages = small_fleet(8000, tag="cluster")
     killed: dict[str, str] = {}
 
@@ -225,17 +253,22 @@ async def test_ingest_server_restart_reconnects_and_resumes_within_seconds(
 # -- 4. two runtime processes in one queue group ------------------------------------------------------
 
 
+@PUBLISH_MODES
 async def test_two_runtimes_one_sigtermed_mid_flow_lose_nothing(
-    servers: tuple[NatsServer, NatsServer], runtimes: list[Runtime], tmp_path: Path
+    servers: tuple[NatsServer, NatsServer], runtimes: list[Runtime], tmp_path: Path, publish_mode: str
 ) -> None:
     choria, jetstream = servers
-    await add_stream(jetstream.url, "REL_TERM")
-    keys = adapter_keys(jetstream.address, ingest__workers=2, stream__workers=2, queue_len=20000)
+    await add_stream(jetstream.url, "REL_TERM", **stream_options(publish_mode))
+    keys = adapter_keys(
+        jetstream.address, ingest__workers=2, stream__workers=2, queue_len=20000, stream__publish=publish_mode
+    )
     stopping = start_runtime(tmp_path, "stopping", middleware=choria.address, adapter=keys, identity="a1")
     staying = start_runtime(tmp_path, "staying", middleware=choria.address, adapter=keys, identity="a2")
     runtimes += [stopping, staying]
     await stopping.wait_subscribed(2)
     await staying.wait_subscribed(2)
+    await wait_publishing(stopping, publish_mode, 2)
+    await wait_publishing(staying, publish_mode, 2)
     messages = small_fleet(12000, tag="term")
     exit_code: dict[str, int] = {}
 
@@ -255,6 +288,48 @@ async def test_two_runtimes_one_sigtermed_mid_flow_lose_nothing(
     assert "shutdown_timeout" not in stopping.process.log_text()
     assert 0 < counts["received"] < len(messages), "both runtimes must have shared the flow"
     assert_stored_exactly_once(stored, ids(messages))
+
+
+async def test_two_runtimes_publishing_batches_into_one_stream_ride_out_a_jetstream_restart(
+    servers: tuple[NatsServer, NatsServer], runtimes: list[Runtime], tmp_path: Path
+) -> None:
+    """Batches of two processes share the stream (the server splits its flow interval between
+    them); JetStream is stopped for seconds and started again mid-flow: every message once."""
+    choria, jetstream = servers
+    await add_stream(jetstream.url, "REL_SHARED", allow_batched=True)
+    keys = adapter_keys(
+        jetstream.address, ingest__workers=2, stream__workers=2, queue_len=20000, stream__publish="auto"
+    )
+    first = start_runtime(tmp_path, "first", middleware=choria.address, adapter=keys, identity="a1")
+    second = start_runtime(tmp_path, "second", middleware=choria.address, adapter=keys, identity="a2")
+    runtimes += [first, second]
+    for runtime in (first, second):
+        await runtime.wait_subscribed(2)
+        await wait_publishing(runtime, "batched", 2)
+    messages = small_fleet(12000, tag="shared")
+    outage: dict[str, float] = {}
+
+    async def stop_and_start() -> None:
+        started = time.monotonic()
+        await asyncio.to_thread(jetstream.stop)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(jetstream.start)
+        outage["seconds"] = time.monotonic() - started
+
+    await publish(choria.url, payloads(messages), rate=3000, at={4000: stop_and_start})
+    counts = [await runtime.wait_settled(60) for runtime in (first, second)]
+    stored = await stored_ids(jetstream.url, "REL_SHARED")
+    print(f"\nshared stream, JetStream stopped {outage['seconds']:.1f}s: counts {counts}")
+
+    assert all(count["received"] > 0 for count in counts), "both runtimes must have shared the flow"
+    assert sum(count["received"] for count in counts) == len(messages)
+    assert sum(count["stored"] for count in counts) == len(messages)
+    assert not any(drops(count) for count in counts)
+    assert sum(count["retries"] for count in counts) > 0, "the outage interrupted no batch: it proved nothing"
+    assert_stored_exactly_once(stored, ids(messages))
+    for runtime in (first, second):
+        adapter = await runtime.adapter()
+        assert (adapter["publish_mode"], adapter["batched_publishers"]) == ("batched", 2)
 
 
 async def test_two_runtimes_one_sigkilled_lose_at_most_its_queue_and_window(
@@ -302,19 +377,26 @@ async def test_two_runtimes_one_sigkilled_lose_at_most_its_queue_and_window(
 # -- 5. JetStream unavailable for longer than the retry budget ------------------------------------
 
 
+@PUBLISH_MODES
 async def test_jetstream_down_past_retry_budget_drops_counted_then_recovers(
-    servers: tuple[NatsServer, NatsServer], runtimes: list[Runtime], tmp_path: Path
+    servers: tuple[NatsServer, NatsServer], runtimes: list[Runtime], tmp_path: Path, publish_mode: str
 ) -> None:
     choria, jetstream = servers
-    await add_stream(jetstream.url, "REL_BUDGET")
+    await add_stream(jetstream.url, "REL_BUDGET", **stream_options(publish_mode))
     runtime = start_runtime(
         tmp_path,
         "runtime",
         middleware=choria.address,
-        adapter=adapter_keys(jetstream.address, stream__retry_budget="2s", stream__ack_timeout="1s"),
+        adapter=adapter_keys(
+            jetstream.address,
+            stream__retry_budget="2s",
+            stream__ack_timeout="1s",
+            stream__publish=publish_mode,
+        ),
     )
     runtimes.append(runtime)
     await runtime.wait_subscribed(4)
+    await wait_publishing(runtime, publish_mode)
     first, during, later = (small_fleet(300, tag=tag) for tag in ("first", "during", "later"))
     await publish(choria.url, payloads(first))
     await runtime.wait_settled(30)
