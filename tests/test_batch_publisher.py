@@ -126,7 +126,7 @@ async def server(jetstream_server: NatsServer) -> AsyncIterator[NatsServer]:
 
 
 def make_publisher(nc: Client, outcomes: Outcomes, **options: object) -> BatchPublisher:
-    settings: dict[str, object] = {"max_pending": 2000, "ack_timeout": 2.0, "retry_budget": 30.0}
+    settings: dict[str, object] = {"max_pending": 2000, "ack_timeout": 5.0, "retry_budget": 30.0}
     settings.update(options)
     return BatchPublisher(
         nc,
@@ -196,7 +196,8 @@ async def test_a_gap_ends_the_batch_and_the_held_messages_are_resent(server: Nat
     nc = await connect(server.url)
     await create_stream(nc, "BP_GAP", ["bp.>"])
     outcomes = Outcomes()
-    publisher = make_publisher(nc, outcomes, max_pending=400)
+    # A long pause: the batch must still be open when the gap is made, however slow the machine.
+    publisher = make_publisher(nc, outcomes, max_pending=400, pause=5.0)
     await publisher.start()
     for index in range(1000):
         await publisher.publish("bp.gap", BODY, f"gap-{index}")

@@ -49,7 +49,9 @@ from choria_broker_adapters.jetstream.publisher import (
     backoff_delay,
     describe_api_error,
     describe_exception,
+    header_block_size,
     no_stream_reason,
+    oversize_reason,
 )
 
 try:
@@ -112,7 +114,7 @@ def requested_flow(max_pending: int) -> int:
 class _Held:
     """One message from `publish` until a flow ack or final ack covers it, or it is dropped."""
 
-    __slots__ = ("attempts", "body", "first_sent", "headers", "msg_id", "reason", "subject")
+    __slots__ = ("attempts", "body", "first_sent", "headers", "maybe_stored", "msg_id", "reason", "subject")
 
     def __init__(
         self, subject: str, body: bytes, msg_id: str, now: float, extra: Mapping[str, str] | None = None
@@ -124,6 +126,9 @@ class _Held:
         self.first_sent = now
         self.attempts = 0
         self.reason: str | None = None
+        # Sent in a batch that ended without saying: JetStream may hold it. Dropped, it is
+        # reported uncertain (counted unconfirmed, not publish).
+        self.maybe_stored = False
 
 
 class _State(enum.Enum):
@@ -279,6 +284,10 @@ class BatchPublisher:
         self._timer = asyncio.create_task(self._timer_loop(), name=f"batch-publisher-timer-{self.name}")
         self._started = True
 
+    def too_large(self, body: bytes, msg_id: str) -> str | None:
+        """Why `body` with its Nats-Msg-Id exceeds the connected server's max_payload, or None."""
+        return oversize_reason(len(body), header_block_size({MSG_ID_HEADER: msg_id}), self._nc.max_payload)
+
     async def publish(
         self, subject: str, body: bytes, msg_id: str, headers: Mapping[str, str] | None = None
     ) -> None:
@@ -374,9 +383,20 @@ class BatchPublisher:
 
     async def _send_next(self, batch: _Batch) -> None:
         """Send held[batch.sent]; the sequence is taken before the await so sends stay in order."""
-        if batch.sent >= len(self._held):
+        held = self._held
+        nc = self._nc
+        while batch.sent < len(held):
+            entry = held[batch.sent]
+            # Checked at every attempt: a reconnection may reach a server with a smaller limit,
+            # which would close the connection. Unsent, so taking it out keeps the numbering.
+            oversize = oversize_reason(len(entry.body), header_block_size(entry.headers), nc.max_payload)
+            if oversize is None:
+                break
+            del held[batch.sent]
+            self._drop(entry, f"cannot publish: {oversize}")
+            self._released()
+        else:
             return
-        entry = self._held[batch.sent]
         batch.sent += 1
         seq = batch.base + batch.sent
         if batch.sent == 1 and batch.base == 0:
@@ -389,9 +409,8 @@ class BatchPublisher:
         entry.attempts += 1
         if entry.attempts > 1:
             self._retries += 1
-        nc = self._nc
         if not nc.is_connected:
-            self._fail(batch, "not connected to NATS")
+            self._fail(batch, "not connected to NATS", refused=batch.sent == 1)
             return
         try:
             await nc.publish(
@@ -450,10 +469,12 @@ class BatchPublisher:
         if headers and headers.get(STATUS_HEADER):
             status = headers[STATUS_HEADER]
             subject = self._held[0].subject if self._held else ""
+            refused = batch.state is _State.OPENING and batch.sent == 1
             if status == NO_RESPONDERS_STATUS:
-                self._fail(batch, f"{no_stream_reason(subject)} (503 no responders)")
+                self._fail(batch, f"{no_stream_reason(subject)} (503 no responders)", refused=refused)
             else:
-                self._fail(batch, f"status {status} {headers.get(DESCRIPTION_HEADER, '')}".strip())
+                reason = f"status {status} {headers.get(DESCRIPTION_HEADER, '')}".strip()
+                self._fail(batch, reason, refused=refused)
             return
         try:
             document = _json_loads(data)
@@ -522,7 +543,8 @@ class BatchPublisher:
         if code == BATCH_DISABLED:
             await self._fall_back(batch, f"the stream does not allow batched publishing ({code})")
         else:
-            self._fail(batch, describe_api_error(error, subject))
+            refused = batch.state is _State.OPENING and batch.sent == 1
+            self._fail(batch, describe_api_error(error, subject), refused=refused)
 
     def _cover(self, batch: _Batch, count: int, *, duplicate: bool = False) -> None:
         """The next `count` held messages of the batch are stored: report and release them."""
@@ -559,11 +581,17 @@ class BatchPublisher:
 
     # -- failures ----------------------------------------------------------------------------------
 
-    def _fail(self, batch: _Batch, reason: str, *, drop: _Held | None = None) -> None:
-        """The batch is over without confirming the held messages: schedule a new one, or drop."""
+    def _fail(self, batch: _Batch, reason: str, *, drop: _Held | None = None, refused: bool = False) -> None:
+        """The batch is over without confirming the held messages: schedule a new one, or drop.
+
+        `refused`: JetStream turned down the batch's only message, so it is known not stored.
+        """
         if self._batch is not batch:
             return
         self._batch = None
+        if not refused:
+            for index in range(min(batch.sent, len(self._held))):
+                self._held[index].maybe_stored = True
         self.batch_failures += 1
         self.last_failure = reason
         self._spawn(self._unsubscribe(batch))
@@ -600,7 +628,14 @@ class BatchPublisher:
         if self._on_result is not None:
             try:
                 self._on_result(
-                    PublishResult(entry.subject, entry.msg_id, PublishOutcome.DROPPED, entry.attempts, reason)
+                    PublishResult(
+                        entry.subject,
+                        entry.msg_id,
+                        PublishOutcome.DROPPED,
+                        entry.attempts,
+                        reason,
+                        uncertain=entry.maybe_stored,
+                    )
                 )
             except Exception:
                 log.exception("publisher %s: result callback failed", self.name)
@@ -633,7 +668,8 @@ class BatchPublisher:
         self._held.clear()
         self._released()
         for entry in held:
-            await fallback.publish(entry.subject, entry.body, entry.msg_id)
+            extra = {name: value for name, value in entry.headers.items() if name != MSG_ID_HEADER}
+            await fallback.publish(entry.subject, entry.body, entry.msg_id, extra or None)
 
     async def _unsubscribe(self, batch: _Batch) -> None:
         subscription, batch.subscription = batch.subscription, None
