@@ -88,6 +88,20 @@ VERIFIED_HEADERS = {True: {VERIFIED_HEADER: "true"}, False: {VERIFIED_HEADER: "f
 Queued = Envelope | tuple[Envelope, dict[str, str]]
 
 
+async def stop_interest_keep_handling(nc: Client, subscription: Subscription) -> None:
+    """Send UNSUB for `subscription` but keep it registered, so messages still arriving reach its handler.
+
+    nats-py's drain forgets the subscription as soon as the server answers the PING after the
+    UNSUB, but a message the server routed to this queue member just before processing the
+    UNSUB can still arrive after that answer and would be dropped unseen. nats-py has no public
+    "unsubscribe but keep processing", so this uses its internal `_send_unsubscribe`: nats-py is
+    pinned exactly in pyproject.toml, and tests/test_nats_py_contract.py fails if that call or
+    its behaviour changes.
+    """
+    await nc._send_unsubscribe(subscription._id)
+    await nc.flush(timeout=2)
+
+
 class WorkQueue:
     """A bounded FIFO between ingest and stream workers; `offer` never waits."""
 
@@ -421,21 +435,20 @@ class StreamsAdapter:
                 await nc.close()
 
     async def _stop_interest(self, worker: _IngestWorker) -> None:
-        """Tell the server to stop routing to this queue member, then keep listening a moment.
-
-        nats-py's drain forgets the subscription as soon as the server answers the PING after
-        the UNSUB, but a message the server routed to this member just before processing the
-        UNSUB can still arrive after that answer, and would be dropped unseen. Unsubscribing
-        first and lingering lets such stragglers reach the handler; the drain that follows
-        then finds nothing new. (nats-py has no public "unsubscribe but keep processing".)
-        """
+        """Tell the server to stop routing to this queue member, then keep listening a moment
+        (see `stop_interest_keep_handling`)."""
         subscription, nc = worker.subscription, worker.nc
         if subscription is None or nc is None:
             return
-        with contextlib.suppress(Exception):
-            await nc._send_unsubscribe(subscription._id)
-            await nc.flush(timeout=2)
+        try:
+            await stop_interest_keep_handling(nc, subscription)
             await asyncio.sleep(UNSUBSCRIBE_LINGER)
+        except Exception as error:  # the drain that follows still stops the subscription
+            self.log.warning(
+                "Ingest worker %s could not unsubscribe before draining: %s",
+                worker.name,
+                describe_exception(error),
+            )
 
     def state(self) -> AdapterState:
         modes = [w.publisher.mode for w in self._stream if w.publisher]

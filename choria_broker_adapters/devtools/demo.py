@@ -483,14 +483,14 @@ class Demo:
         self.workdir = Path(tempfile.mkdtemp(prefix="cba-demo-"))
         monitor_port = free_port()
         (self.workdir / "nats").mkdir()
-        self.server = NatsServer(
-            detached=True,
-            jetstream=True,
-            name="choria-broker-adapters-demo",
-            workdir=self.workdir / "nats",
-            extra_config=f'http: "127.0.0.1:{monitor_port}"',
-        )
         try:
+            self.server = NatsServer(
+                detached=True,
+                jetstream=True,
+                name="choria-broker-adapters-demo",
+                workdir=self.workdir / "nats",
+                extra_config=f'http: "127.0.0.1:{monitor_port}"',
+            )
             self.server.start()
         except NatsServerError as error:
             raise DemoError(str(error)) from None

