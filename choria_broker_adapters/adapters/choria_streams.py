@@ -270,6 +270,16 @@ class StreamsAdapter:
             self.adapter.stream_workers,
             self.adapter.stream_topic,
         )
+        if self.verifier is not None:
+            if self.broker.protocol_version == 2:
+                trusted = "issuers " + ", ".join(self.broker.issuers)
+            else:
+                trusted = "the CA bundle " + self.broker.verify_ca(self.adapter)[0]
+            self.log.info(
+                "Verifying message signatures (ingest.verify = %s) against %s",
+                self.adapter.ingest_verify,
+                trusted,
+            )
         if not self.adapter.stream_servers:
             self.log.info(
                 "plugin.choria.adapter.%s.stream.servers not set, publishing via the middleware servers %s",
