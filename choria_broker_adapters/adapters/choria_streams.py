@@ -407,6 +407,8 @@ class StreamsAdapter:
                 grace,
                 unconfirmed,
             )
+        self._warn_input.flush()
+        self._warn_output.flush()
         self.log.info(
             "Adapter %s stopped: %d received, %d stored, %d duplicates, drops %s",
             self.name,
@@ -630,7 +632,7 @@ class StreamsAdapter:
                 metrics.errors += 1
                 self._drop("decode")
                 warn(
-                    f"decode:{error.reason}",
+                    "decode",
                     f"Could not process message, discarding: {error.reason}",
                     {"subject": msg.subject, "reason": error.reason},
                 )
@@ -826,7 +828,7 @@ class StreamsAdapter:
             metrics.errors += 1
             self._drop("subject")
             self._warn_output.warn(
-                f"subject:{error.reason}",
+                "subject",
                 f"Cannot form a safe subject, discarding: {error.reason}",
                 {"reason": error.reason},
             )
@@ -837,7 +839,7 @@ class StreamsAdapter:
             metrics.errors += 1
             self._drop("encode")
             self._warn_output.warn(
-                f"encode:{error.reason}",
+                "encode",
                 f"Cannot JSON encode message for publishing, discarding: {error.reason}",
                 {"subject": subject, "reason": error.reason},
             )

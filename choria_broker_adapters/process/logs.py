@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 LEVELS = {
@@ -147,23 +147,88 @@ def adapter_logger(adapter: str, side: str | None = None, instance: int | None =
     return ContextLogger(logging.getLogger(f"{ROOT_LOGGER}.adapter.{adapter}"), extra)
 
 
-class RateLimitedWarning:
-    """Log the first occurrence of each kind at once, then at most one summary per interval."""
+class _KindState:
+    __slots__ = ("example", "last", "suppressed")
 
-    def __init__(self, log: ContextLogger, interval: float = 10.0) -> None:
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.suppressed = 0
+        self.example = ""
+
+
+class RateLimitedWarning:
+    """The first warning of each kind of event at once, then at most one line per interval,
+    which also says how many were suppressed and shows the latest of them as an example.
+
+    `kind` must come from a small set fixed by the code ("decode", "queue_full",
+    "publish:stream_full", ...), never from message content: a sender who could choose the key
+    would make every message a kind of its own, and every one a line. Past `max_kinds` kinds,
+    further ones share one bucket, so lines and memory stay bounded whatever callers pass.
+    """
+
+    OVERFLOW_KIND = "other"
+    EXAMPLE_LIMIT = 300
+
+    def __init__(
+        self,
+        log: ContextLogger,
+        interval: float = 10.0,
+        *,
+        max_kinds: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.log = log
         self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self.max_kinds = max_kinds
+        self._clock = clock
+        self._kinds: dict[str, _KindState] = {}
+
+    @property
+    def kinds(self) -> int:
+        """How many kinds are tracked (bounded by max_kinds + 1)."""
+        return len(self._kinds)
 
     def warn(self, kind: str, message: str, extra: Mapping[str, Any] | None = None) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
+        now = self._clock()
+        state = self._kinds.get(kind)
+        if state is None:
+            if len(self._kinds) >= self.max_kinds:
+                kind = self.OVERFLOW_KIND
+                state = self._kinds.get(kind)
+            if state is None:
+                state = self._kinds[kind] = _KindState()
+        last = state.last
         if last is not None and now - last < self.interval:
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            state.suppressed += 1
+            state.example = message
             return
-        suppressed = self._suppressed.pop(kind, 0)
-        if suppressed:
-            message = f"{message} ({suppressed} more like this in the last {now - last:.0f}s)"  # type: ignore[operator]
-        self._last[kind] = now
+        if state.suppressed:
+            message = f"{message} ({self._summary(state, now - last)})"  # type: ignore[operator]
+        state.last = now
         self.log.warning(message, extra=dict(extra or {}))
+
+    def flush(self) -> None:
+        """Log what is still suppressed (at shutdown, so the last counts are not lost)."""
+        now = self._clock()
+        for kind, state in self._kinds.items():
+            if state.suppressed and state.last is not None:
+                self.log.warning(
+                    f"{state.suppressed} more {kind} warning(s) in the last {now - state.last:.0f}s; "
+                    f"the latest: {_cut(state.example, self.EXAMPLE_LIMIT)}",
+                    extra={"reason": kind},
+                )
+                state.suppressed = 0
+                state.example = ""
+
+    def _summary(self, state: _KindState, elapsed: float) -> str:
+        text = (
+            f"{state.suppressed} more like this in the last {elapsed:.0f}s; "
+            f"the latest: {_cut(state.example, self.EXAMPLE_LIMIT)}"
+        )
+        state.suppressed = 0
+        state.example = ""
+        return text
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
