@@ -137,7 +137,7 @@ async def test_twenty_thousand_distinct_bad_protocols_give_a_bounded_number_of_l
     decode_lines = [line for line in log.splitlines() if 'msg="Could not process message' in line]
     # The first at once, then at most one per 10 s while the flood lasts (it lasts seconds).
     assert 1 <= len(decode_lines) <= 3, decode_lines
-    assert "unknown transport protocol 'evil:00000'" in decode_lines[0]
+    assert "unknown transport protocol 'evil:" in decode_lines[0]
     assert runtime.process.terminate() == 0
     log = runtime.process.log_text()
     lines = [line for line in log.splitlines() if 'msg="Could not process message' in line]
