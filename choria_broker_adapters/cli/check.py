@@ -97,6 +97,8 @@ def _format_value(key: str, value: Any) -> str:
         return format_duration(value)
     if isinstance(value, tuple):
         return ", ".join(value) if value else "(none)"
+    if value is None:
+        return "(none)"
     return str(value)
 
 

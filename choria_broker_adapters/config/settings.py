@@ -936,6 +936,8 @@ def _adapter(build: _Builder, name: str, listing: RawOption | None) -> AdapterSe
         sources["stream.name"] = "derived from the adapter name"
     if "stream.topic" not in options:
         sources["stream.topic"] = "default (the adapter name)"
+    if "ingest.verify_ca" not in options:
+        sources["ingest.verify_ca"] = "default (the security provider's CA)"
     horizon = typed["stream_retry_budget"] + typed["stream_ack_timeout"]
     if typed["stream_duplicate_window"] < horizon:
         build.warn(
