@@ -71,6 +71,7 @@ def adapters_conf(jetstream: NatsServer, ca: Path | None) -> dict[str, dict[str,
         }
         if ca is not None and mode != "off":
             keys["ingest.verify_ca"] = ca
+        keys["stream.publish"] = "batched" if mode == "warn" else "acked"
         adapters[name] = keys
     return adapters
 
@@ -90,7 +91,10 @@ async def run_flow(
     nc = await nats.connect(jetstream.url)
     js = nc.jetstream()
     for name in ADAPTERS:
-        await js.add_stream(name=name.upper(), subjects=[f"{name}.>"])
+        # The warned adapter publishes fast-ingest batches, the others one ack per message: the
+        # Choria-Verified header must survive both publishers.
+        batched = True if name == "warned" else None
+        await js.add_stream(name=name.upper(), subjects=[f"{name}.>"], allow_batched=batched)
     runtime = RuntimeProcess(config, log_path=tmp_path / "runtime.log")
     try:
 
