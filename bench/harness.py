@@ -1248,3 +1248,48 @@ def format_report(report: dict[str, Any]) -> str:
         f"elapsed: {report['elapsed_s']} s",
     ]
     return "\n".join(lines)
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The primary input's figures as a Markdown table with the ratios and targets (for the README)."""
+    section = report["inputs"][report["primary_input"]]
+    environment = report["environment"]
+    lines = [
+        f"`bench/run` ({report['mode']}, {report['plan']['repetitions']} repetition(s), medians), "
+        f"{report['primary_input']}, paced at {_cell(section['paced_rate'], ',.0f')} msgs/s "
+        f"({section['paced_rate_basis']}); {report['runtime_publish']['setting']}; load average "
+        f"{environment['loadavg_1m_before']} before, {environment['loadavg_1m_after']} after, "
+        f"{environment['cpus']} cores",
+        "",
+        "| bridge | processes | msgs/s | lost | p50 ms | p99 ms | CPU s/10k | nats CPU s/10k "
+        "| steady RSS MB/process |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    modes = report["runtime_publish"]["modes"]
+    entries = [(name, entry) for name, entry in section["bridges"].items()]
+    entries += [(f"ceiling {name}", entry) for name, entry in section["ceilings"].items()]
+    for name, entry in entries:
+        label = f"{name} ({modes[name]})" if name in modes else name
+        if not entry.get("available"):
+            lines.append(f"| {label} | unavailable: {entry.get('reason')} |||||||")
+            continue
+        lines.append(
+            f"| {label} | {entry['processes']} | {_cell(entry['msgs_per_s'], ',.0f')} | {entry['lost']} | "
+            f"{_cell(entry['p50_ms'], '.1f')} | {_cell(entry['p99_ms'], '.1f')} | "
+            f"{_cell(entry['cpu_s_per_10k'], '.2f')} | {_cell(entry['nats_cpu_s_per_10k'], '.2f')} | "
+            f"{_cell(entry['steady_rss_mb_max_process'], '.0f')} |"
+        )
+    lines += [
+        "",
+        "Ratios: "
+        + ", ".join(f"{key.removeprefix('ratio_')} {_cell(section[key], '.2f')}" for key, _, _ in RATIOS)
+        + ".",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        *(
+            f"| {target['target']} | {_cell(target['measured'], 'g')} | {_TARGET_MARK[target['met']]} |"
+            for target in report["targets"]
+        ),
+    ]
+    return "\n".join(lines)

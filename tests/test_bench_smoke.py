@@ -335,6 +335,18 @@ def test_a_fixed_rate_overrides_the_relative_one(tmp_path: Path) -> None:
         *("--messages", "200", "--paced-messages", "200", "--save", str(saved)),
     )
     assert json.loads(saved.read_text()) == report
+    markdown = subprocess.run(
+        [str(REPO / "bench" / "run"), "--from-json", str(saved), "--markdown"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    fast1_rows = [line for line in markdown.splitlines() if line.startswith("| fast1 | 1 | ")]
+    assert (
+        len(fast1_rows) == 1 and f"| {report['bridges']['fast1']['msgs_per_s']:,.0f} | 0 |" in fast1_rows[0]
+    )
+    assert "| runtime1 >= 1.2 x fast1 | - | not measured |" in markdown
     assert (report["paced_rate"], report["paced_rate_basis"]) == (500.0, "fixed with --rate")
     assert report["ceilings"] == {}
     fast1 = report["bridges"]["fast1"]
