@@ -250,6 +250,7 @@ class StreamsAdapter:
         self._ready: list[_StreamWorker] = []  # stream workers whose publisher is running
         self._publish_mode: asyncio.Task[PublishMode] | None = None  # decided once, by the first worker
         self._next_ready = 0
+        self._flusher: asyncio.Task[None] | None = None
         self._warn_input = RateLimitedWarning(adapter_logger(self.name, "ingest"))
         # `run` and `check` refuse unreadable trust material before anything starts.
         self.verifier = Verifier(load_trust(broker, adapter)) if adapter.ingest_verify != OFF else None
@@ -286,6 +287,7 @@ class StreamsAdapter:
                 self.name,
                 ", ".join(self.broker.middleware_hosts),
             )
+        self._flusher = asyncio.create_task(self._flush_warnings(), name=f"warnings {self.name}")
         for worker in self._stream:
             worker.task = self._supervised(
                 lambda worker=worker: self._run_stream_worker(worker), "stream", worker
@@ -339,6 +341,13 @@ class StreamsAdapter:
                     await asyncio.wait_for(self._stopping.wait(), delay)
 
         return asyncio.create_task(supervise(), name=f"{side} {self.name}.{worker.index}")
+
+    async def _flush_warnings(self) -> None:
+        """Report suppressed warnings even when no later warning of their kind comes."""
+        while True:
+            await asyncio.sleep(min(self._warn_input.interval, self._warn_output.interval) / 2)
+            self._warn_input.flush(due_only=True)
+            self._warn_output.flush(due_only=True)
 
     def _worker_failed(self, worker: _StreamWorker | _IngestWorker, side: str) -> bool:
         """Take a failed worker out of service; True when it held a message (counted as internal)."""
@@ -398,6 +407,8 @@ class StreamsAdapter:
             if worker.nc and not worker.nc.is_closed:
                 with contextlib.suppress(Exception):
                     await worker.nc.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
         if unconfirmed:
             self._drop("shutdown_timeout", unconfirmed)
             self.log.error(

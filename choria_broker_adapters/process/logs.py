@@ -207,11 +207,17 @@ class RateLimitedWarning:
         state.last = now
         self.log.warning(message, extra=dict(extra or {}))
 
-    def flush(self) -> None:
-        """Log what is still suppressed (at shutdown, so the last counts are not lost)."""
+    def flush(self, *, due_only: bool = False) -> int:
+        """Log what is still suppressed, so a burst that stopped is reported without waiting for
+        a later warning of its kind: at shutdown everything, and periodically (`due_only`) the
+        kinds whose last line is an interval old. Returns how many lines were written."""
         now = self._clock()
+        written = 0
         for kind, state in self._kinds.items():
+            if due_only and state.last is not None and now - state.last < self.interval:
+                continue
             if state.suppressed and state.last is not None:
+                written += 1
                 self.log.warning(
                     f"{state.suppressed} more {kind} warning(s) in the last {now - state.last:.0f}s; "
                     f"the latest: {_cut(state.example, self.EXAMPLE_LIMIT)}",
@@ -219,6 +225,8 @@ class RateLimitedWarning:
                 )
                 state.suppressed = 0
                 state.example = ""
+                state.last = now
+        return written
 
     def _summary(self, state: _KindState, elapsed: float) -> str:
         text = (
