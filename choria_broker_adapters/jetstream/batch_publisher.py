@@ -50,6 +50,7 @@ from choria_broker_adapters.jetstream.publisher import (
     describe_api_error,
     describe_exception,
     header_block_size,
+    message_oversize,
     no_stream_reason,
     oversize_reason,
 )
@@ -71,6 +72,8 @@ BATCH_DISABLED = 10205
 UNKNOWN_BATCH = 10208
 
 OP_START, OP_APPEND, OP_COMMIT, OP_END, OP_PING = 0, 1, 2, 3, 4
+# The header block of a message whose only header is its Nats-Msg-Id, less the id itself.
+MSG_ID_ONLY_HEADER_BLOCK = header_block_size({MSG_ID_HEADER: ""})
 
 
 class PublishMode(enum.StrEnum):
@@ -114,7 +117,17 @@ def requested_flow(max_pending: int) -> int:
 class _Held:
     """One message from `publish` until a flow ack or final ack covers it, or it is dropped."""
 
-    __slots__ = ("attempts", "body", "first_sent", "headers", "maybe_stored", "msg_id", "reason", "subject")
+    __slots__ = (
+        "attempts",
+        "body",
+        "first_sent",
+        "headers",
+        "headers_size",
+        "maybe_stored",
+        "msg_id",
+        "reason",
+        "subject",
+    )
 
     def __init__(
         self, subject: str, body: bytes, msg_id: str, now: float, extra: Mapping[str, str] | None = None
@@ -122,7 +135,12 @@ class _Held:
         self.subject = subject
         self.body = body
         self.msg_id = msg_id
-        self.headers = {MSG_ID_HEADER: msg_id} if extra is None else {**extra, MSG_ID_HEADER: msg_id}
+        if extra is None:
+            self.headers = {MSG_ID_HEADER: msg_id}
+            self.headers_size = MSG_ID_ONLY_HEADER_BLOCK + len(msg_id.encode())
+        else:
+            self.headers = {**extra, MSG_ID_HEADER: msg_id}
+            self.headers_size = header_block_size(self.headers)
         self.first_sent = now
         self.attempts = 0
         self.reason: str | None = None
@@ -286,7 +304,7 @@ class BatchPublisher:
 
     def too_large(self, body: bytes, msg_id: str) -> str | None:
         """Why `body` with its Nats-Msg-Id exceeds the connected server's max_payload, or None."""
-        return oversize_reason(len(body), header_block_size({MSG_ID_HEADER: msg_id}), self._nc.max_payload)
+        return message_oversize(body, msg_id, None, self._nc.max_payload)
 
     async def publish(
         self, subject: str, body: bytes, msg_id: str, headers: Mapping[str, str] | None = None
@@ -389,9 +407,9 @@ class BatchPublisher:
             entry = held[batch.sent]
             # Checked at every attempt: a reconnection may reach a server with a smaller limit,
             # which would close the connection. Unsent, so taking it out keeps the numbering.
-            oversize = oversize_reason(len(entry.body), header_block_size(entry.headers), nc.max_payload)
-            if oversize is None:
+            if len(entry.body) + entry.headers_size <= nc.max_payload:
                 break
+            oversize = oversize_reason(len(entry.body), entry.headers_size, nc.max_payload)
             del held[batch.sent]
             self._drop(entry, f"cannot publish: {oversize}")
             self._released()
