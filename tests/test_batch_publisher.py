@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats
 import pytest
@@ -27,6 +28,8 @@ from choria_broker_adapters.jetstream.batch_publisher import (
     requested_flow,
 )
 from choria_broker_adapters.jetstream.publisher import PublishOutcome, PublishResult
+from tests.reliability_support import adapter_keys, add_stream, payloads, small_fleet, start_runtime
+from tests.reliability_support import publish as reliability_publish
 from tests.runtime_support import wait_until
 
 
@@ -345,3 +348,39 @@ async def test_no_stream_for_the_subject_drops_after_the_retry_budget_with_the_r
     assert len(outcomes.dropped) == 50 and outcomes.stored == 0
     assert publisher.dropped == 50
     assert all("no JetStream stream captures nostream.node" in (r.reason or "") for r in outcomes.dropped)
+
+
+# ---------------------------------------------------------------------------------------------
+# the runtime's choice (stream.publish = auto)
+
+
+@pytest.mark.parametrize(("allow_batched", "mode"), [(True, "batched"), (False, "acked")])
+async def test_auto_chooses_by_the_stream_logs_it_and_shows_it(
+    nats_server_factory: Callable[..., NatsServer], tmp_path: Path, allow_batched: bool, mode: str
+) -> None:
+    choria, jetstream = nats_server_factory(jetstream=False), nats_server_factory(jetstream=True)
+    await add_stream(jetstream.url, "AUTO", allow_batched=allow_batched or None)
+    runtime = start_runtime(
+        tmp_path,
+        "auto",
+        middleware=choria.address,
+        adapter=adapter_keys(jetstream.address, stream__workers=2),
+    )
+    try:
+        await runtime.wait_subscribed(4)
+        messages = small_fleet(500, tag="auto")
+        await reliability_publish(choria.url, payloads(messages))
+        counts = await runtime.wait_settled(30)
+        adapter = await runtime.adapter()
+    finally:
+        runtime.process.terminate()
+    log = runtime.process.log_text()
+
+    assert counts["stored"] == counts["received"] == 500
+    assert (adapter["publish_setting"], adapter["publish_mode"]) == ("auto", mode)
+    assert adapter[f"{mode}_publishers"] == 2
+    expected = (
+        "in fast-ingest batches (auto:" if mode == "batched" else "with per-message acknowledgements (auto:"
+    )
+    assert f"Adapter registration publishes {expected}" in log
+    assert "duplicates" in adapter["duplicates_meaning"]

@@ -12,8 +12,10 @@ from choria_broker_adapters.jetstream.plan import (
     Action,
     DesiredStream,
     SubjectDerivationError,
+    batching_note,
     derive_subjects,
     diff_stream,
+    for_server,
     format_duration,
     plan_change,
     plan_streams,
@@ -263,6 +265,30 @@ DEFAULT_STREAM = plan_streams([StandInAdapter()]).streams[0]
 def test_diff_classifies_each_change(overrides: dict[str, Any], expected: list[str]) -> None:
     changes = diff_stream(DEFAULT_STREAM, stored_config(DEFAULT_STREAM, **overrides))
     assert [change.describe() + ("" if change.in_place else " (refused)") for change in changes] == expected
+
+
+@pytest.mark.parametrize(
+    ("api_level", "stored", "expected", "note"),
+    [
+        (5, {"allow_batched": True}, [], ""),
+        (4, {"allow_batched": False}, ["allow_batched off → on"], ""),
+        (4, {}, ["allow_batched off → on"], ""),
+        # Older servers refuse the field: it is neither sent nor compared.
+        (3, {}, [], "JetStream API level is 3"),
+        (None, {}, [], "JetStream API level is unknown"),
+    ],
+)
+def test_allow_batched_only_on_servers_that_know_it(
+    api_level: int | None, stored: dict[str, Any], expected: list[str], note: str
+) -> None:
+    stream = for_server(DEFAULT_STREAM, api_level)
+    existing = {key: value for key, value in stored_config(stream, **stored).items() if value is not None}
+    if "allow_batched" not in stored:
+        existing.pop("allow_batched", None)
+    assert [change.describe() for change in diff_stream(stream, existing)] == expected
+    assert ("allow_batched" in stream.create_config()) is (api_level is not None and api_level >= 4)
+    assert note in batching_note(stream, api_level)
+    assert bool(batching_note(stream, api_level)) is bool(note)
 
 
 def test_subject_order_is_not_a_change() -> None:

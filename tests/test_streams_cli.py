@@ -304,3 +304,19 @@ def test_status_warns_when_the_stream_does_not_capture_the_topic(
     status, out, _ = cli(capsys, "status", "--config", str(node_data_config(tmp_path, jetstream_server)))
     assert status == EXIT_FAILURE
     assert "warning: the stream does not capture choria.node_metadata.>" in out
+
+
+def test_setup_allows_fast_ingest_batches_on_a_server_that_has_them(
+    jetstream_server: NatsServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = node_data_config(tmp_path, jetstream_server)
+    status, out, _ = cli(capsys, "setup", "--config", str(config))
+    assert status == EXIT_OK
+    assert out.rstrip().endswith("allow_batched on")
+    assert stored_config(jetstream_server)["allow_batched"] is True
+
+    turned_off = {**stored_config(jetstream_server), "allow_batched": False}
+    assert "error" not in api(jetstream_server, "$JS.API.STREAM.UPDATE.CHORIA_NODE_DATA", turned_off)
+    status, out, _ = cli(capsys, "setup", "--config", str(config))
+    assert (status, out) == (EXIT_OK, "updated CHORIA_NODE_DATA: allow_batched off → on\n")
+    assert stored_config(jetstream_server)["allow_batched"] is True
