@@ -34,6 +34,9 @@ from choria_broker_adapters.config.render import RenderError, render_broker_conf
 pytestmark = [
     pytest.mark.puppet,
     pytest.mark.skipif(shutil.which("puppet") is None, reason="puppet is not installed (scripts/setup)"),
+    # The first test waits for the module fixture, which runs every apply below (a few seconds
+    # each, two at a time); on a loaded machine that exceeds the suite's per-test default.
+    pytest.mark.timeout(360),
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,17 +78,30 @@ def puppet_literal(value: Any) -> str:
 
 
 def run_keys(config_file: Path) -> dict[str, Any]:
-    """What every test run sets: a file in the run's directory, no service, owned by us."""
+    """What every test run sets: a file in the run's directory, no install, no service, owned by us."""
     return {
         "choria::broker::config_file": str(config_file),
+        "choria::broker::manage_package": False,
         "choria::broker::manage_service": False,
         "choria::broker::config_owner": pwd.getpwuid(os.getuid()).pw_name,
         "choria::broker::config_group": grp.getgrgid(os.getgid()).gr_name,
     }
 
 
-def puppet_apply(workdir: Path, data: Mapping[str, Any], *, via: str) -> PuppetRun:
-    """Apply choria::broker with `data` (hiera keys) given `via` "hiera" or "manifest"."""
+def puppet_apply(
+    workdir: Path,
+    data: Mapping[str, Any],
+    *,
+    via: str,
+    overrides: Mapping[str, Any] | None = None,
+    manifest_tail: str = "",
+    environment: Mapping[str, str] | None = None,
+) -> PuppetRun:
+    """Apply choria::broker with `data` (hiera keys) given `via` "hiera" or "manifest".
+
+    `overrides` replace what `run_keys` sets, `manifest_tail` is appended to site.pp and
+    `environment` adds variables to puppet's (and so its commands') environment.
+    """
     for name in ("conf", "var", "code", "ssl", "public", "modules", "hieradata", "facts/facts"):
         (workdir / name).mkdir(parents=True, exist_ok=True)
     if not (workdir / "modules" / "choria").exists():
@@ -113,12 +129,13 @@ def puppet_apply(workdir: Path, data: Mapping[str, Any], *, via: str) -> PuppetR
         )
     )
     config_file = workdir / "broker.conf"
+    keys = {**run_keys(config_file), **(overrides or {})}
     if via == "hiera":
-        hiera = {**data, **run_keys(config_file)}
+        hiera = {**data, **keys}
         manifest = "include choria::broker\n"
     elif via == "manifest":
         hiera = {}
-        parameters = {**data, **run_keys(config_file)}
+        parameters = {**data, **keys}
         body = "".join(
             f"  {key.removeprefix('choria::broker::')} => {puppet_literal(value)},\n"
             for key, value in parameters.items()
@@ -128,7 +145,7 @@ def puppet_apply(workdir: Path, data: Mapping[str, Any], *, via: str) -> PuppetR
     else:
         raise ValueError(via)
     (workdir / "hieradata" / "site.yaml").write_text(yaml.safe_dump(hiera))
-    (workdir / "site.pp").write_text(manifest)
+    (workdir / "site.pp").write_text(manifest + manifest_tail)
     command = [
         "puppet", "apply",
         "--confdir", str(workdir / "conf"),
@@ -147,8 +164,8 @@ def puppet_apply(workdir: Path, data: Mapping[str, Any], *, via: str) -> PuppetR
     ]  # fmt: skip
     started = time.monotonic()
     # HOME points into the run so nothing under the real home directory is read or written.
-    environment = {**os.environ, "HOME": str(workdir), "LANG": "C.UTF-8"}
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+    env = {**os.environ, "HOME": str(workdir), "LANG": "C.UTF-8", **(environment or {})}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     return PuppetRun(result.returncode, result.stdout, result.stderr, config_file, time.monotonic() - started)
 
 
@@ -172,6 +189,8 @@ VALID_CASES: list[tuple[str, str]] = [
     ("large_scale_docs", "hiera"),
     ("durations_and_limits", "manifest"),
     ("site_hiera_with_other_classes", "hiera"),
+    ("choria_v2_provider", "hiera"),
+    ("choria_v2_provider", "manifest"),
 ]
 
 NODE_DATA = {"type": "choria_streams", "ingest": {"topic": "choria.discovery", "protocol": "request"}}
@@ -287,6 +306,46 @@ BAD_CASES: list[BadCase] = [
         },
         "choria::broker::file_key: expects a path when security_provider is 'file'",
         "choria::broker::file_key",
+        shares_run=False,
+    ),
+    BadCase(
+        "choria_provider_without_ca",
+        {
+            "choria::broker::security_provider": "choria",
+            "choria::broker::issuers": {"org": "ab" * 32},
+            "choria::broker::choria_certificate": "/etc/choria/cert.pem",
+            "choria::broker::choria_key": "/etc/choria/key.pem",
+        },
+        "choria::broker::choria_ca: expects a path when security_provider is 'choria'",
+        "choria::broker::choria_ca",
+        shares_run=False,
+    ),
+    BadCase(
+        "choria_provider_without_issuers",
+        {
+            "choria::broker::security_provider": "choria",
+            "choria::broker::choria_certificate": "/etc/choria/cert.pem",
+            "choria::broker::choria_key": "/etc/choria/key.pem",
+            "choria::broker::choria_ca": "/etc/choria/ca.pem",
+        },
+        "choria::broker::issuers: expects at least one issuer when security_provider is 'choria'",
+        "choria::broker::issuers",
+        shares_run=False,
+    ),
+    BadCase(
+        "issuer_key_not_hex",
+        {"choria::broker::issuers": {"org": "z" * 64}},
+        "parameter 'issuers' entry 'org' expects a match for Choria::IssuerKey",
+        "choria::broker::issuers.org",
+    ),
+    BadCase(
+        "package_source_other_version",
+        {
+            "choria::broker::package_source": "/srv/choria_broker_adapters-0.2.0-py3-none-any.whl",
+            "choria::broker::package_ensure": "0.1.0",
+        },
+        "choria::broker::package_ensure: '0.1.0' disagrees with choria_broker_adapters-0.2.0-py3-none-any",
+        "choria::broker::package_ensure",
         shares_run=False,
     ),
 ]

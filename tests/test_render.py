@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from choria_broker_adapters.config.render import RenderError, adapter_blocks, render_broker_config
+from choria_broker_adapters.config.render import (
+    RenderError,
+    adapter_blocks,
+    package_file_version,
+    render_broker_config,
+)
 
 P = "choria::broker::"
 NODE_DATA: dict[str, Any] = {"type": "choria_streams", "ingest": {"topic": "choria.discovery"}}
@@ -82,6 +87,46 @@ def test_no_adapters_and_no_optional_header_lines() -> None:
         "# No protocol adapters configured (choria::broker::adapters is empty)\n"
     )
     assert "identity" not in text.split("local changes are overwritten.", 1)[1]
+
+
+CHORIA_V2: dict[str, Any] = {
+    f"{P}security_provider": "choria",
+    f"{P}issuers": {"org": "c6a3b6e3" * 8, "choria": "0123456789abcdef" * 4},
+    f"{P}choria_certificate": "/etc/choria/tls/cert.pem",
+    f"{P}choria_key": "/etc/choria/tls/key.pem",
+    f"{P}choria_ca": "/etc/choria/tls/ca.pem",
+}
+
+
+def test_choria_provider_lines() -> None:
+    text = render_broker_config(CHORIA_V2)
+    assert (
+        "# TLS and message security\n"
+        "plugin.security.provider = choria\n"
+        "plugin.security.issuer.names = choria, org\n"
+        f"plugin.security.issuer.choria.public = {'0123456789abcdef' * 4}\n"
+        f"plugin.security.issuer.org.public = {'c6a3b6e3' * 8}\n"
+        "plugin.security.choria.certificate = /etc/choria/tls/cert.pem\n"
+        "plugin.security.choria.key = /etc/choria/tls/key.pem\n"
+        "plugin.security.choria.ca = /etc/choria/tls/ca.pem\n"
+        "\n"
+    ) in text
+    assert "ssldir" not in text and "plugin.security.file" not in text
+
+
+@pytest.mark.parametrize(
+    ("file_name", "version"),
+    [
+        ("choria_broker_adapters-0.1.0-py3-none-any.whl", "0.1.0"),
+        ("choria_broker_adapters-1.2.0rc1-1-py3-none-any.whl", "1.2.0rc1"),
+        ("choria_broker_adapters-0.1.0.tar.gz", "0.1.0"),
+        ("choria-broker-adapters-0.1.0.zip", "0.1.0"),
+        ("choria_broker_adapters-0.1.0.whl", None),
+        ("nats_py-2.16.0-py3-none-any.whl", None),
+    ],
+)
+def test_package_file_version(file_name: str, version: str | None) -> None:
+    assert package_file_version(file_name) == version
 
 
 def test_file_provider_lines() -> None:
@@ -349,7 +394,40 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("stats-port-range", {f"{P}stats_port": 70000}, f"{P}stats_port", "Integer[0, 65535]"),
     ("middleware-bad", {f"{P}middleware_hosts": ["nats1"]}, f"{P}middleware_hosts[0]", "Choria::Server"),
     ("ssldir-relative", {f"{P}ssldir": "ssl"}, f"{P}ssldir", "Choria::Path"),
-    ("provider-enum", {f"{P}security_provider": "choria"}, f"{P}security_provider", "'choria'"),
+    ("provider-enum", {f"{P}security_provider": "pkcs11"}, f"{P}security_provider", "'pkcs11'"),
+    (
+        "choria-provider-no-key",
+        {**CHORIA_V2, f"{P}choria_key": None},
+        f"{P}choria_key",
+        "security_provider is 'choria'",
+    ),
+    (
+        "choria-provider-no-issuer",
+        {**CHORIA_V2, f"{P}issuers": {}},
+        f"{P}issuers",
+        "at least one issuer",
+    ),
+    ("issuers-without-choria", {f"{P}issuers": {"org": "ab" * 32}}, f"{P}issuers", "not 'puppet'"),
+    ("issuer-key-short", {**CHORIA_V2, f"{P}issuers": {"org": "ab"}}, f"{P}issuers.org", "Choria::IssuerKey"),
+    ("issuer-name-dot", {**CHORIA_V2, f"{P}issuers": {"o.rg": "ab" * 32}}, f"{P}issuers", "Choria::Name"),
+    ("package-ensure", {f"{P}package_ensure": "v1.0"}, f"{P}package_ensure", "'v1.0'"),
+    ("package-source-ftp", {f"{P}package_source": "ftp://x"}, f"{P}package_source", "index URL"),
+    (
+        "package-source-not-ours",
+        {f"{P}package_source": "/srv/wheels/other-1.0-py3-none-any.whl"},
+        f"{P}package_source",
+        "not a choria-broker-adapters wheel",
+    ),
+    (
+        "package-source-other-version",
+        {
+            f"{P}package_source": "/srv/wheels/choria_broker_adapters-0.2.0-py3-none-any.whl",
+            f"{P}package_ensure": "0.1.0",
+        },
+        f"{P}package_ensure",
+        "disagrees with choria_broker_adapters-0.2.0-py3-none-any.whl, which holds 0.2.0",
+    ),
+    ("limit-nofile-low", {f"{P}limit_nofile": 100}, f"{P}limit_nofile", "Integer[1024]"),
     (
         "file-provider-no-ca",
         {f"{P}security_provider": "file", f"{P}file_certificate": "/c", f"{P}file_key": "/k"},

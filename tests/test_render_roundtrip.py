@@ -104,6 +104,10 @@ def test_rendered_file_parses_back_into_the_described_settings(tmp_path: Path, n
     if settings.security_provider == "file":
         files = (settings.file_certificate, settings.file_key, settings.file_ca)
         assert files == (given["file_certificate"], given["file_key"], given["file_ca"])
+    elif settings.security_provider == "choria":
+        assert settings.protocol_version == 2
+        files = (settings.choria_certificate, settings.choria_key, settings.choria_ca)
+        assert files == (given["choria_certificate"], given["choria_key"], given["choria_ca"])
     elif "ssldir" in given:
         assert settings.ssldir == given["ssldir"]
 

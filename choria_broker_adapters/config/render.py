@@ -37,10 +37,24 @@ MODULE_DEFAULTS: Mapping[str, Any] = {
     "file_certificate": None,
     "file_key": None,
     "file_ca": None,
+    "issuers": {},
+    "choria_certificate": None,
+    "choria_key": None,
+    "choria_ca": None,
     "adapters": {},
+    "manage_package": True,
+    "install_dir": "/opt/choria-broker-adapters",
+    "package_ensure": "present",
+    "package_source": None,
+    "python": "/usr/bin/python3",
+    "python_packages": ["python3-venv"],
     "manage_service": True,
     "service_name": "choria-broker-adapters",
-    "executable": "/usr/local/bin/choria-broker-adapters",
+    "service_user": "root",
+    "service_group": "root",
+    "pid_file": None,
+    "limit_nofile": None,
+    "executable": None,
     "config_owner": "root",
     "config_group": "root",
 }
@@ -197,47 +211,60 @@ DURATION = variant(
     ),
 )
 ADAPTER_TYPE = enum("jetstream", "choria_streams")
+ISSUER_KEY = pattern("Choria::IssuerKey", r"[0-9A-Fa-f]{64}", "an ed25519 public key as 64 hex digits")
+PACKAGE_VERSION_REGEX = r"[0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?"
+PACKAGE_VERSION = pattern("Choria::PackageVersion", PACKAGE_VERSION_REGEX, "a normalised PEP 440 version")
+INDEX_URL = pattern("Choria::IndexUrl", r"https?://[^\s%]+", "an http or https URL")
+OS_PACKAGE = pattern("Choria::OsPackage", r"[A-Za-z0-9][A-Za-z0-9.+_-]*", "a package name")
 LOG_FILE = variant(
     "'stdout', 'stderr', 'discard' or an absolute path", enum("stdout", "stderr", "discard"), PATH
 )
 
-INGEST = struct(
-    {
-        "topic": Field(SUBJECT, required=True),
-        "protocol": Field(enum("request", "reply")),
-        "workers": Field(integer(1, 100)),
-    }
-)
-STREAM = struct(
-    {
-        "type": Field(ADAPTER_TYPE),
-        "topic": Field(SUBJECT),
-        "workers": Field(integer(1, 100)),
-        "servers": Field(array(SERVER)),
-        "ack_timeout": Field(DURATION),
-        "retry_budget": Field(DURATION),
-        "max_pending": Field(integer(1, 65536)),
-        "publish": Field(enum("auto", "batched", "acked")),
-        "name": Field(STREAM_NAME),
-        "subjects": Field(array(SUBJECT, min_size=1)),
-        "max_age": Field(DURATION),
-        "storage": Field(enum("file", "memory")),
-        "replicas": Field(integer(1, 5)),
-        "max_msgs_per_subject": Field(
-            variant("-1 (unlimited) or an Integer[1]", integer(-1, -1), integer(1))
-        ),
-        "duplicate_window": Field(DURATION),
-    }
-)
-ADAPTER = struct(
-    {
-        "type": Field(ADAPTER_TYPE),
-        "queue_len": Field(integer(1, 10_000_000)),
-        "shutdown_grace": Field(DURATION),
-        "ingest": Field(INGEST, required=True),
-        "stream": Field(STREAM),
-    }
-)
+# The adapter keys by section, as in puppet/types/adapter*.pp; tests/test_puppet_keys.py checks
+# that these and the Puppet types know every key of the runtime's key table (settings.ADAPTER_KEYS).
+INGEST_FIELDS: Mapping[str, Field] = {
+    "topic": Field(SUBJECT, required=True),
+    "protocol": Field(enum("request", "reply")),
+    "workers": Field(integer(1, 100)),
+}
+STREAM_FIELDS: Mapping[str, Field] = {
+    "type": Field(ADAPTER_TYPE),
+    "topic": Field(SUBJECT),
+    "workers": Field(integer(1, 100)),
+    "servers": Field(array(SERVER)),
+    "ack_timeout": Field(DURATION),
+    "retry_budget": Field(DURATION),
+    "max_pending": Field(integer(1, 65536)),
+    "publish": Field(enum("auto", "batched", "acked")),
+    "name": Field(STREAM_NAME),
+    "subjects": Field(array(SUBJECT, min_size=1)),
+    "max_age": Field(DURATION),
+    "storage": Field(enum("file", "memory")),
+    "replicas": Field(integer(1, 5)),
+    "max_msgs_per_subject": Field(variant("-1 (unlimited) or an Integer[1]", integer(-1, -1), integer(1))),
+    "duplicate_window": Field(DURATION),
+}
+INGEST = struct(INGEST_FIELDS)
+STREAM = struct(STREAM_FIELDS)
+ADAPTER_FIELDS: Mapping[str, Field] = {
+    "type": Field(ADAPTER_TYPE),
+    "queue_len": Field(integer(1, 10_000_000)),
+    "shutdown_grace": Field(DURATION),
+    "ingest": Field(INGEST, required=True),
+    "stream": Field(STREAM),
+}
+ADAPTER = struct(ADAPTER_FIELDS)
+
+
+def issuers(value: Any, key: str) -> None:
+    if not isinstance(value, Mapping):
+        raise RenderError(key, f"expects a Hash of issuer public keys by name, got {_describe(value)}")
+    for name, public in value.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name, re.ASCII):
+            raise RenderError(
+                key, f"issuer name {name!r} expects a match for Choria::Name (letters, digits, _ and -)"
+            )
+        ISSUER_KEY(public, f"{key}.{name}")
 
 
 def adapters(value: Any, key: str) -> None:
@@ -262,15 +289,34 @@ PARAMETERS: Mapping[str, tuple[Check, bool]] = {
     "stats_address": (SUBJECT, False),
     "stats_port": (integer(0, 65535), False),
     "middleware_hosts": (array(SERVER), False),
-    "security_provider": (enum("puppet", "file"), False),
+    "security_provider": (enum("puppet", "file", "choria"), False),
     "ssldir": (PATH, True),
     "file_certificate": (PATH, True),
     "file_key": (PATH, True),
     "file_ca": (PATH, True),
+    "issuers": (issuers, False),
+    "choria_certificate": (PATH, True),
+    "choria_key": (PATH, True),
+    "choria_ca": (PATH, True),
     "adapters": (adapters, False),
+    "manage_package": (boolean, False),
+    "install_dir": (PATH, False),
+    "package_ensure": (
+        variant(
+            "'present', 'latest' or a Choria::PackageVersion", enum("present", "latest"), PACKAGE_VERSION
+        ),
+        False,
+    ),
+    "package_source": (variant("an absolute path or an http(s) index URL", PATH, INDEX_URL), True),
+    "python": (PATH, False),
+    "python_packages": (array(OS_PACKAGE), False),
     "manage_service": (boolean, False),
     "service_name": (NAME, False),
-    "executable": (PATH, False),
+    "service_user": (NAME, False),
+    "service_group": (NAME, False),
+    "pid_file": (PATH, True),
+    "limit_nofile": (integer(1024), True),
+    "executable": (PATH, True),
     "config_owner": (NAME, False),
     "config_group": (NAME, False),
 }
@@ -322,10 +368,21 @@ def broker_parameters(data: Mapping[str, Any]) -> dict[str, Any]:
         check(value, PREFIX + name)
 
     # The same cross-key checks, with the same words, as puppet/manifests/broker.pp.
-    if parameters["security_provider"] == "file":
-        for name in ("file_certificate", "file_key", "file_ca"):
+    provider = parameters["security_provider"]
+    if provider in ("file", "choria"):
+        for role in ("certificate", "key", "ca"):
+            name = f"{provider}_{role}"
             if parameters[name] is None:
-                raise RenderError(PREFIX + name, "expects a path when security_provider is 'file'")
+                raise RenderError(PREFIX + name, f"expects a path when security_provider is '{provider}'")
+    if provider == "choria" and not parameters["issuers"]:
+        raise RenderError(
+            PREFIX + "issuers", "expects at least one issuer when security_provider is 'choria'"
+        )
+    if provider != "choria" and parameters["issuers"]:
+        raise RenderError(
+            PREFIX + "issuers", f"only the 'choria' security_provider uses issuers, not '{provider}'"
+        )
+    _check_package_source(parameters["package_source"], parameters["package_ensure"])
     for name, adapter in parameters["adapters"].items():
         top = adapter.get("type")
         nested = (adapter.get("stream") or {}).get("type")
@@ -335,6 +392,33 @@ def broker_parameters(data: Mapping[str, Any]) -> dict[str, Any]:
         if top is not None and nested is not None and top != nested:
             raise RenderError(key, f"'{top}' disagrees with stream.type '{nested}'; give the type once")
     return parameters
+
+
+_WHEEL_NAME = re.compile(r"choria_broker_adapters-([^-]+)(?:-[0-9][^-]*)?-[^-]+-[^-]+-[^-]+\.whl")
+_SDIST_NAME = re.compile(r"choria[-_]broker[-_]adapters-([^-]+)\.(?:tar\.gz|zip)")
+
+
+def package_file_version(file_name: str) -> str | None:
+    """The version in a wheel's or sdist's file name, as choria::broker reads it; None if the
+    name is not one of this package's."""
+    match = _WHEEL_NAME.fullmatch(file_name) or _SDIST_NAME.fullmatch(file_name)
+    return match.group(1) if match else None
+
+
+def _check_package_source(source: str | None, ensure: str) -> None:
+    if source is None or not source.startswith("/"):
+        return
+    file_name = source.rsplit("/", 1)[-1]
+    version = package_file_version(file_name)
+    if version is None:
+        raise RenderError(
+            PREFIX + "package_source",
+            f"'{source}' is not a choria-broker-adapters wheel or sdist file name",
+        )
+    if ensure not in ("present", "latest") and ensure != version:
+        raise RenderError(
+            PREFIX + "package_ensure", f"'{ensure}' disagrees with {file_name}, which holds {version}"
+        )
 
 
 def _setting_text(value: Any) -> str:
@@ -394,6 +478,10 @@ def render_broker_config(data: Mapping[str, Any]) -> str:
         file_certificate=parameters["file_certificate"],
         file_key=parameters["file_key"],
         file_ca=parameters["file_ca"],
+        issuers=sorted(parameters["issuers"].items()),
+        choria_certificate=parameters["choria_certificate"],
+        choria_key=parameters["choria_key"],
+        choria_ca=parameters["choria_ca"],
         adapter_names=", ".join(sorted(parameters["adapters"])),
         adapter_blocks=adapter_blocks(parameters["adapters"]),
     )

@@ -42,6 +42,12 @@ class choria::broker::config {
       'file_certificate'  => $choria::broker::file_certificate,
       'file_key'          => $choria::broker::file_key,
       'file_ca'           => $choria::broker::file_ca,
+      'issuers'           => $choria::broker::issuers.keys.sort.map |String $issuer| {
+        [$issuer, $choria::broker::issuers[$issuer]]
+      },
+      'choria_certificate' => $choria::broker::choria_certificate,
+      'choria_key'        => $choria::broker::choria_key,
+      'choria_ca'         => $choria::broker::choria_ca,
       'adapter_names'     => $choria::broker::adapters.keys.sort.join(', '),
       'adapter_blocks'    => $adapter_blocks,
   })

@@ -1,0 +1,117 @@
+"""The systemd unit Puppet writes is one systemd accepts, and hardened as the README says.
+
+A real `puppet apply` (isolated, as in test_puppet_render.py) writes the unit for this
+checkout's own console script; `systemd-analyze verify` must accept it without a word, and
+`systemd-analyze security --offline=true` must count each hardening setting as applied. Neither
+needs a running systemd. The service resource gets Puppet's `base` provider and the unit file
+goes into the run's directory, since no systemd runs here.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.test_puppet_render import REPO, puppet_apply
+
+pytestmark = [
+    pytest.mark.puppet,
+    pytest.mark.skipif(shutil.which("puppet") is None, reason="puppet is not installed (scripts/setup)"),
+    pytest.mark.skipif(
+        shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (scripts/setup)"
+    ),
+]
+
+SERVICE = "choria-broker-adapters"
+EXECUTABLE = REPO / ".venv" / "bin" / "choria-broker-adapters"
+NODE_DATA = {"type": "choria_streams", "ingest": {"topic": "choria.discovery"}}
+# What `systemd-analyze security` calls each setting the unit makes (a ✓ line each).
+HARDENED = [
+    "NoNewPrivileges=",
+    "ProtectSystem=",
+    "ProtectHome=",
+    "PrivateTmp=",
+    "ProtectKernelTunables=",
+    "ProtectControlGroups=",
+    "RestrictAddressFamilies=~AF_PACKET",
+    "RestrictAddressFamilies=~AF_NETLINK",
+    "LockPersonality=",
+    "MemoryDenyWriteExecute=",
+]
+
+
+@pytest.fixture(scope="module")
+def unit_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("unit")
+    unit = root / f"{SERVICE}.service"
+    # The directories are the site's (Puppet creates only the log file itself).
+    (root / "log").mkdir()
+    (root / "run").mkdir()
+    tail = f"""
+Service <| title == '{SERVICE}' |> {{
+  provider => 'base', start => '/bin/true', stop => '/bin/true', status => '/bin/true',
+}}
+File <| title == '/etc/systemd/system/{SERVICE}.service' |> {{ path => '{unit}' }}
+"""
+    run = puppet_apply(
+        root / "site",
+        {
+            "choria::broker::identity": "broker1.example.net",
+            "choria::broker::adapters": {"node_data": NODE_DATA},
+        },
+        via="hiera",
+        overrides={
+            "choria::broker::manage_service": True,
+            "choria::broker::service_user": pwd.getpwuid(os.getuid()).pw_name,
+            "choria::broker::service_group": grp.getgrgid(os.getgid()).gr_name,
+            "choria::broker::executable": str(EXECUTABLE),
+            "choria::broker::log_file": str(root / "log" / "adapters.log"),
+            "choria::broker::pid_file": str(root / "run" / "adapters.pid"),
+        },
+        manifest_tail=tail,
+    )
+    assert run.returncode == 2, run.stdout + run.stderr
+    return unit
+
+
+def test_the_unit_runs_the_checkout_and_may_write_only_its_log_and_pid_files(unit_file: Path) -> None:
+    text = unit_file.read_text()
+    root = unit_file.parent
+    assert (
+        f"\nExecStart={EXECUTABLE} run --config {root}/site/broker.conf --pid {root}/run/adapters.pid\n"
+        in text
+    )
+    assert [line for line in text.splitlines() if line.startswith("ReadWritePaths=")] == [
+        f"ReadWritePaths={root}/log/adapters.log",
+        f"ReadWritePaths={root}/run",
+    ]
+    assert "\nLimitNOFILE=1044\n" in text  # 1024 + 10 ingest + 10 stream connections
+
+
+def test_systemd_analyze_verify_accepts_the_unit(unit_file: Path) -> None:
+    if not EXECUTABLE.exists():
+        pytest.skip("no .venv console script (scripts/setup)")
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(unit_file)], capture_output=True, text=True, timeout=60
+    )
+    # verify only warns about unknown or misspelt settings, so its output must be empty too.
+    assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
+
+
+def test_systemd_analyze_security_counts_every_hardening_setting(unit_file: Path) -> None:
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    print(security.stdout)
+    applied = {line.split()[1] for line in security.stdout.splitlines() if line.startswith("✓")}
+    assert [name for name in HARDENED if name not in applied] == []
+    assert f"Overall exposure level for {SERVICE}.service:" in security.stdout
