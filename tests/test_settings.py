@@ -16,6 +16,7 @@ from choria_broker_adapters.config.settings import (
     build_settings,
     load_settings,
     parse_duration,
+    tls_problems,
 )
 
 FILE = "/etc/choria/broker.conf"
@@ -68,6 +69,23 @@ def test_choria_provider_reads_its_tls_files_and_decodes_protocol_v2() -> None:
     }
     described = {key: (value, source) for key, value, source in settings.describe()}
     assert described["plugin.security.choria.ca"] == ("/v2/ca.pem", f"{FILE}:10")
+
+
+def test_choria_provider_without_tls_files_is_a_tls_problem_only(tmp_path: Path) -> None:
+    """Protocol v2 with --disable-tls needs no TLS files; with TLS, `run` and `check` name each."""
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    settings = build(
+        BASE + f"plugin.security.provider = choria\nplugin.security.choria.certificate = {cert}\n"
+    )
+    assert [(problem.key, problem.message) for problem in tls_problems(settings)] == [
+        (
+            f"plugin.security.choria.{role}",
+            f"the choria security provider needs the TLS {role}: set plugin.security.choria.{role} = <path> "
+            "(needed unless --disable-tls)",
+        )
+        for role in ("key", "ca")
+    ]
 
 
 def test_ingest_protocol_defaults_to_reply() -> None:
@@ -173,13 +191,6 @@ ERRORS = [
     (BASE + "plugin.choria.stats_port = 8222x\n", 7, "plugin.choria.stats_port", "not a whole number"),
     (BASE + "plugin.security.provider = pkcs11\n", 7, "plugin.security.provider", "does not support"),
     (BASE + "plugin.security.provider = file\n", 0, "plugin.security.file.certificate", "needs the TLS"),
-    (
-        BASE + "plugin.security.provider = choria\nplugin.security.choria.certificate = /c.pem\n"
-        "plugin.security.choria.key = /k.pem\n",
-        0,
-        "plugin.security.choria.ca",
-        "the choria security provider needs the TLS ca",
-    ),
     (BASE + f"{A}stream.type = choria_streams\n", 7, f"{A}stream.type", "disagrees with"),
 ]
 

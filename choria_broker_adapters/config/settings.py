@@ -656,14 +656,10 @@ def build_settings(
         warnings=tuple(build.warnings),
         sources=build.sources,
     )
-    if settings.security_provider in {"file", "choria"}:
+    if settings.security_provider == "file":
         for role, (path, key) in settings.tls_files().items():
             if not path:
-                build.error(
-                    f"the {settings.security_provider} security provider needs the TLS {role}: "
-                    f"set {key} = <path>",
-                    key,
-                )
+                build.error(f"the file security provider needs the TLS {role}: set {key} = <path>", key)
     _check_verification(build, settings)
     if (settings.nats_user is None) != (settings.nats_password is None):
         missing = "plugin.nats.pass" if settings.nats_password is None else "plugin.nats.user"
@@ -1058,7 +1054,18 @@ def tls_problems(settings: Settings) -> list[Problem]:
     """Missing TLS files for the configured security provider (I/O: looks at the file system)."""
     problems = []
     for role, (path, key) in settings.tls_files().items():
-        if path and not Path(path).is_file():
+        # The choria provider's files are needed only for TLS, so a protocol v2 set-up run with
+        # --disable-tls may leave them out; the file provider's are required outright.
+        if not path and settings.security_provider == "choria":
+            problems.append(
+                Problem(
+                    f"the choria security provider needs the TLS {role}: set {key} = <path> "
+                    "(needed unless --disable-tls)",
+                    Source(settings.config_file, 0),
+                    key,
+                )
+            )
+        elif path and not Path(path).is_file():
             problems.append(
                 Problem(
                     f"TLS {role} {path} does not exist (needed unless --disable-tls)",
