@@ -226,6 +226,8 @@ INGEST_FIELDS: Mapping[str, Field] = {
     "topic": Field(SUBJECT, required=True),
     "protocol": Field(enum("request", "reply")),
     "workers": Field(integer(1, 100)),
+    "verify": Field(enum("off", "warn", "enforce")),
+    "verify_ca": Field(PATH),
 }
 STREAM_FIELDS: Mapping[str, Field] = {
     "type": Field(ADAPTER_TYPE),
