@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from choria_broker_adapters.cli import EXIT_CONFIG, main
+from choria_broker_adapters.cli import main
+from choria_broker_adapters.core.exits import EXIT_CONFIG
 
 SAMPLE = Path(__file__).parent / "data" / "config" / "samples" / "broker-01-single-jetstream-adapter.conf"
 

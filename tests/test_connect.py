@@ -1,4 +1,7 @@
-"""connect.py: server URLs, TLS files and contexts, options, and real connections (mTLS, auth, reconnect)."""
+"""transport.connect: TLS contexts, options, and real connections (mTLS, auth, reconnect).
+
+Server address parsing is `core.servers` (tests/test_servers.py); TLS file layouts are
+`Settings.tls_files` (tests/test_settings.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ import nats.errors
 import pytest
 from nats.aio.client import Client, Server
 
+from choria_broker_adapters.config.brokerconf import RawConfig, parse_text
+from choria_broker_adapters.config.settings import Settings, build_settings
+from choria_broker_adapters.core.servers import parse_servers
 from choria_broker_adapters.devtools.natsserver import NatsServer
 from choria_broker_adapters.transport.connect import (
     EVENT_DISCONNECTED,
@@ -25,96 +31,39 @@ from choria_broker_adapters.transport.connect import (
     connect_with_backoff,
     describe_connect_error,
     jittered_reconnect,
-    redact_url,
-    server_urls,
     tls_context,
-    tls_files,
 )
 from tests.tlsutil import Pki, make_ca, make_pki
 
 PASSWORD = "Sup3r-s3cret-pa55"  # distinctive, so a leak into logs is easy to find
 
 
-@dataclasses.dataclass
-class StandInSettings:
-    """The connection-related fields of settings.Settings (a plain data object)."""
+_MINIMAL = """\
+identity = adapter.example.net
+plugin.choria.middleware_hosts = h:4222
+plugin.choria.adapters = a
+plugin.choria.adapter.a.type = jetstream
+plugin.choria.adapter.a.ingest.topic = x
+"""
 
-    identity: str = "adapter.example.net"
-    certname: str = ""
-    security_provider: str = "puppet"
-    ssldir: str = "/etc/puppetlabs/puppet/ssl"
-    file_certificate: str | None = None
-    file_key: str | None = None
-    file_ca: str | None = None
-    choria_certificate: str | None = None
-    choria_key: str | None = None
-    choria_ca: str | None = None
-    nats_user: str | None = None
-    nats_password: str | None = None
-    nats_credentials: str | None = None
-    connect_timeout: float = 2.0
+
+def _base_settings() -> Settings:
+    raw = RawConfig()
+    raw.merge(*parse_text(_MINIMAL, file="/etc/choria/broker.conf"))
+    return build_settings(
+        raw, config_file="/etc/choria/broker.conf", default_ssldir="/etc/puppetlabs/puppet/ssl"
+    )
+
+
+def StandInSettings(**changes: object) -> Settings:
+    """Real validated settings with the connection-related fields changed."""
+    if "identity" in changes and "certname" not in changes:
+        changes["certname"] = changes["identity"]
+    return dataclasses.replace(_base_settings(), **changes)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
 # pure logic
-
-
-@pytest.mark.parametrize(
-    ("given", "expected"),
-    [
-        ("broker.example.net:4222", "nats://broker.example.net:4222"),
-        ("127.0.0.1:4222", "nats://127.0.0.1:4222"),
-        ("[::1]:4222", "nats://[::1]:4222"),
-        (" host:1 ", "nats://host:1"),
-        ("nats://broker:4222", "nats://broker:4222"),
-        ("tls://broker:4222", "tls://broker:4222"),
-        ("nats://broker", "nats://broker"),
-        ("nats://user:pw@broker:4222", "nats://user:pw@broker:4222"),
-        ("nats://[::1]:4222", "nats://[::1]:4222"),
-    ],
-)
-def test_server_urls_accepts(given: str, expected: str) -> None:
-    assert server_urls([given]) == [expected]
-
-
-@pytest.mark.parametrize(
-    ("given", "message"),
-    [
-        ("broker.example.net", "has no port: write host:port, e.g. broker.example.net:4222"),
-        ("[::1]", "has no port"),
-        ("::1:4222", "IPv6 addresses need brackets"),
-        ("[::1:4222", "unterminated IPv6"),
-        ("host:http", "is not a number"),
-        ("host:70000", "is not a number"),
-        (":4222", "has no host"),
-        ("", "empty server address"),
-        ("http://host:80", "scheme 'http'"),
-        ("nats://host:abc", "is not a number"),
-    ],
-)
-def test_server_urls_rejects_with_a_clear_message(given: str, message: str) -> None:
-    with pytest.raises(ValueError) as caught:
-        server_urls([given])
-    assert message in str(caught.value)
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("nats://user:secret@host:4222", "nats://user:***@host:4222"),
-        ("nats://token@host:4222", "nats://token:***@host:4222"),
-        ("nats://host:4222", "nats://host:4222"),
-        ("host:4222", "host:4222"),
-    ],
-)
-def test_redact_url(url: str, expected: str) -> None:
-    assert redact_url(url) == expected
-
-
-def test_url_credentials_never_appear_in_server_errors() -> None:
-    with pytest.raises(ValueError) as caught:
-        server_urls(["nats://user:hunter2@host:http"])
-    assert "hunter2" not in str(caught.value)
 
 
 def _cert_error() -> ssl.SSLCertVerificationError:
@@ -159,57 +108,9 @@ def test_jittered_reconnect_prefers_the_least_failed_server() -> None:
     assert chosen is not None and chosen.uri.hostname == "b"
 
 
-@pytest.mark.parametrize(
-    ("settings", "expected"),
-    [
-        (
-            StandInSettings(ssldir="/ssl"),
-            (
-                "/ssl/certs/adapter.example.net.pem",
-                "/ssl/private_keys/adapter.example.net.pem",
-                "/ssl/certs/ca.pem",
-            ),
-        ),
-        (
-            StandInSettings(ssldir="/ssl", certname="other.example.net"),
-            (
-                "/ssl/certs/other.example.net.pem",
-                "/ssl/private_keys/other.example.net.pem",
-                "/ssl/certs/ca.pem",
-            ),
-        ),
-        (
-            StandInSettings(security_provider="file", file_certificate="/c", file_key="/k", file_ca="/ca"),
-            ("/c", "/k", "/ca"),
-        ),
-        (
-            StandInSettings(
-                security_provider="choria", choria_certificate="/v2c", choria_key="/v2k", choria_ca="/v2ca"
-            ),
-            ("/v2c", "/v2k", "/v2ca"),
-        ),
-    ],
-)
-def test_tls_files_per_provider(settings: StandInSettings, expected: tuple[str, str, str]) -> None:
-    files = tls_files(settings)
-    assert (files.certificate, files.key, files.ca) == expected
-
-
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [
-        (StandInSettings(security_provider="file", file_certificate="/c"), "plugin.security.file.key"),
-        (
-            StandInSettings(security_provider="choria", choria_key="/k"),
-            "plugin.security.choria.certificate, plugin.security.choria.ca",
-        ),
-        (StandInSettings(security_provider="pkcs11"), "provider 'pkcs11'"),
-        (StandInSettings(ssldir=""), "plugin.choria.ssldir"),
-    ],
-)
-def test_tls_files_errors(settings: StandInSettings, message: str) -> None:
-    with pytest.raises(ConnectConfigError, match=message):
-        tls_files(settings)
+def test_tls_context_needs_a_provider_with_a_file_layout() -> None:
+    with pytest.raises(ConnectConfigError, match="provider 'pkcs11'"):
+        tls_context(StandInSettings(security_provider="pkcs11"), disable_tls=False)
 
 
 def test_tls_context_disabled_and_missing_files(tmp_path: Path) -> None:
@@ -224,7 +125,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def file_settings(pki: Pki, ca: Path | None = None) -> StandInSettings:
+def file_settings(pki: Pki, ca: Path | None = None) -> Settings:
     return StandInSettings(
         security_provider="file",
         file_certificate=str(pki.client_cert),
@@ -244,21 +145,23 @@ def test_tls_context_is_mutual_tls_12_plus_with_only_our_ca(pki: Pki) -> None:
 def test_connect_options(pki: Pki) -> None:
     settings = dataclasses.replace(file_settings(pki), nats_user="adapter", nats_password=PASSWORD)
     options = connect_options(
-        settings, servers=["h:4222"], name="adapter x", disable_tls=False, on_event=None
+        settings, servers=parse_servers("h:4222"), name="adapter x", disable_tls=False, on_event=None
     )
     assert options["servers"] == ["nats://h:4222"]
     assert (options["max_reconnect_attempts"], options["allow_reconnect"]) == (-1, True)
     assert (options["user"], options["password"], options["name"]) == ("adapter", PASSWORD, "adapter x")
     assert isinstance(options["tls"], ssl.SSLContext)
     assert options["connect_timeout"] == 2.0
-    plain = connect_options(StandInSettings(), servers=["h:4222"], name="x", disable_tls=True, on_event=None)
+    plain = connect_options(
+        StandInSettings(), servers=parse_servers("h:4222"), name="x", disable_tls=True, on_event=None
+    )
     assert "tls" not in plain and "user" not in plain and "password" not in plain
 
 
 def test_credentials_file_must_exist(tmp_path: Path) -> None:
     settings = StandInSettings(nats_credentials=str(tmp_path / "missing.creds"))
     with pytest.raises(ConnectConfigError, match=r"missing\.creds does not exist"):
-        connect_options(settings, servers=["h:1"], name="x", disable_tls=True, on_event=None)
+        connect_options(settings, servers=parse_servers("h:1"), name="x", disable_tls=True, on_event=None)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nkeys") is not None, reason="nkeys is installed")
@@ -267,7 +170,7 @@ def test_credentials_without_nkeys_says_what_to_install(tmp_path: Path) -> None:
     creds.write_text("not read here")
     settings = StandInSettings(nats_credentials=str(creds))
     with pytest.raises(ConnectConfigError, match="nkeys"):
-        connect_options(settings, servers=["h:1"], name="x", disable_tls=True, on_event=None)
+        connect_options(settings, servers=parse_servers("h:1"), name="x", disable_tls=True, on_event=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,10 +188,12 @@ async def round_trip(client: Client) -> None:
 
 
 async def connect_for_a_while(
-    settings: StandInSettings, server: NatsServer, log: logging.Logger, seconds: float
+    settings: Settings, server: NatsServer, log: logging.Logger, seconds: float
 ) -> Client | None:
     """connect_with_backoff, given up (stop_event) after `seconds`."""
-    options = connect_options(settings, servers=[server.address], name="t", disable_tls=False, on_event=None)
+    options = connect_options(
+        settings, servers=parse_servers([server.address]), name="t", disable_tls=False, on_event=None
+    )
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(seconds, stop.set)
     return await connect_with_backoff(options, log=log, initial=0.1, maximum=0.3, stop_event=stop)
@@ -344,7 +249,11 @@ async def test_user_password_auth_and_password_never_logged(
     events: list[tuple[str, str]] = []
     good = StandInSettings(nats_user="adapter", nats_password=PASSWORD)
     options = connect_options(
-        good, servers=[server.address], name="t", disable_tls=True, on_event=lambda *e: events.append(e)
+        good,
+        servers=parse_servers([server.address]),
+        name="t",
+        disable_tls=True,
+        on_event=lambda *e: events.append(e),
     )
     client = await connect_with_backoff(options, log=logging.getLogger("auth"))
     assert client is not None
@@ -352,7 +261,9 @@ async def test_user_password_auth_and_password_never_logged(
     await client.close()
 
     bad = StandInSettings(nats_user="adapter", nats_password=PASSWORD + "-wrong")
-    bad_options = connect_options(bad, servers=[server.address], name="t", disable_tls=True, on_event=None)
+    bad_options = connect_options(
+        bad, servers=parse_servers([server.address]), name="t", disable_tls=True, on_event=None
+    )
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(0.8, stop.set)
     assert (
@@ -371,7 +282,7 @@ async def test_reconnects_after_a_server_restart_and_reports_events(
     events: list[str] = []
     options = connect_options(
         StandInSettings(),
-        servers=[server.address],
+        servers=parse_servers([server.address]),
         name="t",
         disable_tls=True,
         on_event=lambda e, _d: events.append(e),
@@ -397,7 +308,7 @@ async def test_first_connection_waits_for_a_late_server(
     events: list[str] = []
     options = connect_options(
         StandInSettings(),
-        servers=[server.address],
+        servers=parse_servers([server.address]),
         name="t",
         disable_tls=True,
         on_event=lambda e, _d: events.append(e),

@@ -77,7 +77,7 @@ def test_describe_exit(returncode: int, expected: str) -> None:
     assert describe_exit(returncode) == expected
 
 
-@pytest.mark.parametrize(("failures", "delay"), [(0, 1.0), (1, 2.0), (3, 10.0), (4, 30.0), (99, 30.0)])
+@pytest.mark.parametrize(("failures", "delay"), [(0, 1.0), (1, 2.0), (3, 8.0), (5, 30.0), (99, 30.0)])
 def test_restart_backoff_grows_and_is_capped(failures: int, delay: float) -> None:
     assert restart_delay(failures) == delay
 

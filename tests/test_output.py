@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from choria_broker_adapters.codec import jsonfast
 from choria_broker_adapters.codec.output import (
-    MAX_SUBJECT_BYTES,
     OutputError,
     encode_output,
     format_time,
@@ -32,6 +31,7 @@ from choria_broker_adapters.codec.output import (
     output_subject,
 )
 from choria_broker_adapters.codec.protocol import Envelope, decode
+from choria_broker_adapters.core.subjects import MAX_SUBJECT_BYTES
 
 DATA = Path(__file__).parent / "data" / "protocol"
 SCHEMAS = DATA / "schemas" / "choria" / "adapters"
@@ -250,7 +250,7 @@ def test_output_subject(topic: str, sender: str, subject: str) -> None:
         ("reg.%s", ".node", "empty token"),
         ("reg.%s", "node.", "empty token"),
         ("reg.%s", "a..b", "empty token"),
-        ("%s", "", "empty subject"),
+        ("%s", "", "is empty"),
         ("reg.%s", "a" * MAX_SUBJECT_BYTES, "longer than"),
         ("bad..topic", "n1", "empty token"),
     ],

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from choria_broker_adapters.cli import _command_modules
-from choria_broker_adapters.config.settings import ADAPTER_KEYS, DURATION_KEYS
+from choria_broker_adapters.config.keys import ADAPTER_KEYS, DURATION_KEYS
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

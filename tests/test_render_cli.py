@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, main
+from choria_broker_adapters.cli import main
 from choria_broker_adapters.config.render import render_broker_config
+from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 
 DATA = Path(__file__).parent / "data" / "render"
 GOOD = DATA / "docs_node_data.yaml"

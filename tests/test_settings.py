@@ -15,9 +15,10 @@ from choria_broker_adapters.config.settings import (
     Settings,
     build_settings,
     load_settings,
-    parse_duration,
     tls_problems,
 )
+from choria_broker_adapters.core.choices import protocol_version_for
+from choria_broker_adapters.core.durations import parse_duration
 
 FILE = "/etc/choria/broker.conf"
 BASE = """\
@@ -61,7 +62,7 @@ def test_choria_provider_reads_its_tls_files_and_decodes_protocol_v2() -> None:
         + "plugin.security.provider = choria\nplugin.security.choria.certificate = /v2/cert.pem\n"
         + "plugin.security.choria.key = /v2/key.pem\nplugin.security.choria.ca = /v2/ca.pem\n"
     )
-    assert settings.protocol_version == 2
+    assert protocol_version_for(settings.security_provider) == 2
     assert settings.tls_files() == {
         "certificate": ("/v2/cert.pem", "plugin.security.choria.certificate"),
         "key": ("/v2/key.pem", "plugin.security.choria.key"),
@@ -192,6 +193,16 @@ ERRORS = [
     (BASE + "plugin.security.provider = pkcs11\n", 7, "plugin.security.provider", "does not support"),
     (BASE + "plugin.security.provider = file\n", 0, "plugin.security.file.certificate", "needs the TLS"),
     (BASE + f"{A}stream.type = choria_streams\n", 7, f"{A}stream.type", "disagrees with"),
+    (BASE + f"{A}stream.name = CHORIA.NODE\n", 7, f"{A}stream.name", "not a valid JetStream stream name"),
+    (BASE + f"{A}stream.subjects = a.>.b\n", 7, f"{A}stream.subjects", "'>' may only be the last token"),
+    (BASE + f"{A}stream.replicas = 0\n", 7, f"{A}stream.replicas", "from 1 to 5"),
+    (BASE + f"{A}stream.servers = http://js1:4222\n", 7, f"{A}stream.servers", "expected nats:// or tls://"),
+    (
+        BASE + f"{A}stream.servers = nats://a:one@h1:4222, nats://a:two@h2:4222\n",
+        7,
+        f"{A}stream.servers",
+        "different credentials",
+    ),
 ]
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import nats
 import pytest
 
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, main
+from choria_broker_adapters.cli import main
+from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
 
 WEEK_NS = 7 * 24 * 3600 * 10**9

@@ -1,1 +1,1 @@
-"""Protocol adapter types. `registry` names them; each type's runtime lives in its own module."""
+"""Adapter implementations, one module per kind; `core.adapter_types` names them."""

@@ -41,6 +41,9 @@ from choria_broker_adapters.codec.output import OutputError, encode_output, mess
 from choria_broker_adapters.codec.protocol import DecodeError, Envelope, decode
 from choria_broker_adapters.codec.verify import ENFORCE, OFF, VERIFIED_HEADER, WARN, Verifier
 from choria_broker_adapters.config.settings import AdapterSettings, Settings, load_trust
+from choria_broker_adapters.core.backoff import backoff_delay
+from choria_broker_adapters.core.errors import describe_exception
+from choria_broker_adapters.core.servers import ServerList
 from choria_broker_adapters.jetstream.admin import JetStreamAdminError, jetstream_request, stream_info
 from choria_broker_adapters.jetstream.batch_publisher import BatchPublisher, PublishMode, choose_publish_mode
 from choria_broker_adapters.jetstream.publisher import (
@@ -48,8 +51,6 @@ from choria_broker_adapters.jetstream.publisher import (
     Publisher,
     PublishOutcome,
     PublishResult,
-    backoff_delay,
-    describe_exception,
     message_oversize,
     stream_for_subject,
 )
@@ -281,7 +282,7 @@ class StreamsAdapter:
                 self.adapter.ingest_verify,
                 trusted,
             )
-        if not self.adapter.stream_servers:
+        if self.adapter.publishes_via_middleware:
             self.log.info(
                 "plugin.choria.adapter.%s.stream.servers not set, publishing via the middleware servers %s",
                 self.name,
@@ -528,13 +529,13 @@ class StreamsAdapter:
     # -- connections ------------------------------------------------------------------------
 
     async def _connect(
-        self, servers: tuple[str, ...], connection_name: str, side: str, index: int
+        self, servers: ServerList, connection_name: str, side: str, index: int
     ) -> Client | None:
         log = adapter_logger(self.name, side, index)
         try:
             options = connect_options(
                 self.broker,
-                servers=list(servers),
+                servers=servers,
                 name=connection_name,
                 disable_tls=self.disable_tls,
                 on_event=self._connection_event(side, index),
@@ -714,7 +715,7 @@ class StreamsAdapter:
     # -- stream side ----------------------------------------------------------------------------
 
     async def _run_stream_worker(self, worker: _StreamWorker) -> None:
-        servers = self.adapter.stream_servers or self.broker.middleware_hosts
+        servers = self.adapter.publish_servers
         if worker.nc is None or worker.nc.is_closed:
             nc = await self._connect(
                 servers, f"{self.name}_{worker.index}-{id(self):x}", "stream", worker.index

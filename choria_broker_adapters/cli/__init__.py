@@ -21,14 +21,11 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from choria_broker_adapters import __version__
+from choria_broker_adapters.core.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from choria_broker_adapters.config.settings import Settings
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: what service managers expect for a bad configuration
 
 # Every command module, in the order `--help` lists them.
 COMMANDS = ("run", "check", "decode", "render", "streams", "nodes", "demo")
@@ -92,6 +89,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK

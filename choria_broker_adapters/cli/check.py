@@ -7,17 +7,17 @@ import json
 import sys
 from typing import Any
 
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_OK
 from choria_broker_adapters.config.brokerconf import Problem
+from choria_broker_adapters.config.keys import is_duration_key
 from choria_broker_adapters.config.settings import (
     ConfigError,
     Settings,
-    format_duration,
-    is_duration_key,
     load_settings,
     tls_problems,
     verify_problems,
 )
+from choria_broker_adapters.core.durations import format_duration
+from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_OK
 
 NAME = "check"
 HELP = "validate a broker.conf and show the effective settings with their provenance"

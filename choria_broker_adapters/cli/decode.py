@@ -6,16 +6,14 @@ import argparse
 import sys
 from typing import BinaryIO
 
-from choria_broker_adapters.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from choria_broker_adapters.codec.output import (
-    ADAPTER_TYPES,
     OutputError,
     encode_output,
     format_time,
     message_id,
     output_subject,
 )
-from choria_broker_adapters.codec.protocol import DecodeError, decode, protocol_version_for
+from choria_broker_adapters.codec.protocol import DecodeError, decode
 from choria_broker_adapters.codec.verify import (
     ENFORCE,
     OFF,
@@ -27,6 +25,14 @@ from choria_broker_adapters.codec.verify import (
     load_ca_bundle,
     parse_issuer_key,
 )
+from choria_broker_adapters.core.adapter_types import type_names
+from choria_broker_adapters.core.choices import (
+    INGEST_PROTOCOLS,
+    SECURITY_PROVIDERS,
+    UNSUPPORTED_SECURITY_PROVIDERS,
+    protocol_version_for,
+)
+from choria_broker_adapters.core.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 NAME = "decode"
 HELP = "decode one raw Choria message: print the subject and document it becomes, or why it is dropped"
@@ -55,26 +61,27 @@ exit status: 0 the message would be published, 1 it would be discarded (reason o
 2 usage error (including unreadable --verify-ca or a bad --issuer)
 """
 
-SECURITY_PROVIDERS = ("puppet", "file", "certmanager", "pkcs11", "choria")
+# decode reads any Go broker's messages, including those of providers `run` does not support.
+DECODABLE_PROVIDERS = (*SECURITY_PROVIDERS, *UNSUPPORTED_SECURITY_PROVIDERS)
 DEFAULT_TOPIC = "choria.node_metadata.%s"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--protocol",
-        choices=("request", "reply"),
+        choices=INGEST_PROTOCOLS,
         default="request",
         help="the adapter's ingest.protocol: registration messages are requests (default: %(default)s)",
     )
     parser.add_argument(
         "--security-provider",
-        choices=SECURITY_PROVIDERS,
+        choices=DECODABLE_PROVIDERS,
         default="puppet",
         help="plugin.security.provider: choria decodes protocol v2, the others v1 (default: %(default)s)",
     )
     parser.add_argument(
         "--type",
-        choices=sorted(ADAPTER_TYPES),
+        choices=type_names(),
         default="choria_streams",
         help="the adapter type, which names the output protocol (default: %(default)s)",
     )

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from choria_broker_adapters.config.render import RenderError, render_broker_config
+from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 
 NAME = "render"
 HELP = "write broker.conf from hiera-style YAML, exactly as Puppet's choria::broker would"

@@ -7,8 +7,9 @@ import asyncio
 import logging
 import sys
 
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_settings_or_report
+from choria_broker_adapters.cli import load_settings_or_report
 from choria_broker_adapters.config.settings import ConfigError, Settings, tls_problems, verify_problems
+from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from choria_broker_adapters.process import logs
 from choria_broker_adapters.process.multiprocess import parse_child, parse_processes
 
@@ -154,14 +155,10 @@ def _connection_problem(settings: Settings, *, disable_tls: bool) -> str | None:
     """Build every connection's options once, so unusable TLS or credentials stop us before connecting."""
     from choria_broker_adapters.transport.connect import ConnectConfigError, connect_options
 
-    server_sets = {settings.middleware_hosts} | {
-        a.stream_servers for a in settings.adapters.values() if a.stream_servers
-    }
+    server_lists = [settings.middleware_hosts, *(a.publish_servers for a in settings.adapters.values())]
     try:
-        for servers in server_sets:
-            connect_options(
-                settings, servers=list(servers), name="check", disable_tls=disable_tls, on_event=None
-            )
+        for servers in server_lists:
+            connect_options(settings, servers=servers, name="check", disable_tls=disable_tls, on_event=None)
     except ConnectConfigError as error:
         return str(error)
     return None

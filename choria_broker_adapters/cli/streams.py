@@ -15,8 +15,11 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_settings_or_report
+from choria_broker_adapters.cli import load_settings_or_report
 from choria_broker_adapters.config.settings import AdapterSettings, Settings
+from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from choria_broker_adapters.core.servers import ServerList
+from choria_broker_adapters.core.subjects import derive_subjects, uncaptured_subjects
 from choria_broker_adapters.jetstream.admin import (
     JetStreamAdminError,
     SetupOutcome,
@@ -24,13 +27,7 @@ from choria_broker_adapters.jetstream.admin import (
     apply_stream,
     stream_status,
 )
-from choria_broker_adapters.jetstream.plan import (
-    StreamPlan,
-    SubjectDerivationError,
-    derive_subjects,
-    plan_streams,
-    uncaptured_subjects,
-)
+from choria_broker_adapters.jetstream.plan import StreamPlan, plan_streams
 
 NAME = "streams"
 HELP = "create/update (setup) or inspect (status) each adapter's JetStream stream"
@@ -125,34 +122,24 @@ def _print_problems(config_file: str, problems: Sequence[str]) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
-ServerGroup = tuple[tuple[str, ...], list[AdapterSettings]]
+ServerGroup = tuple[ServerList, list[AdapterSettings]]
 
 
 def group_by_servers(settings: Settings) -> tuple[list[ServerGroup], list[str]]:
-    """Adapters grouped by the JetStream servers they publish to (stream.servers or middleware)."""
-    groups: dict[tuple[str, ...], list[AdapterSettings]] = {}
-    problems = []
+    """Adapters grouped by the JetStream servers they publish to."""
+    groups: dict[ServerList, list[AdapterSettings]] = {}
     for adapter in settings.adapters.values():
-        servers = tuple(adapter.stream_servers) or tuple(settings.middleware_hosts)
-        if not servers:
-            problems.append(
-                f"adapter {adapter.name}: no stream.servers and no plugin.choria.middleware_hosts "
-                "to connect to"
-            )
-            continue
-        groups.setdefault(servers, []).append(adapter)
-    return list(groups.items()), problems
+        groups.setdefault(adapter.publish_servers, []).append(adapter)
+    return list(groups.items()), []
 
 
-def connection_options(settings: Settings, servers: Sequence[str], disable_tls: bool) -> dict[str, Any]:
+def connection_options(settings: Settings, servers: ServerList, disable_tls: bool) -> dict[str, Any]:
     """nats-py options for a one-shot admin connection: TLS/credentials as `run`, no reconnecting."""
     # Imported here so that `--help` and the other commands never depend on the connection layer.
     from choria_broker_adapters.transport.connect import connect_options
 
     name = f"choria-broker-adapters streams {settings.identity}".strip()
-    options = connect_options(
-        settings, servers=list(servers), name=name, disable_tls=disable_tls, on_event=None
-    )
+    options = connect_options(settings, servers=servers, name=name, disable_tls=disable_tls, on_event=None)
     # A one-shot command should fail fast: two quick tries per server (nats-py's minimum; with 0
     # or -1 its first connect loops forever), then give up, and never reconnect afterwards.
     options.update(allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0)
@@ -248,7 +235,7 @@ def _iso(moment: datetime.datetime | None) -> str | None:
 def _wanted_subjects(adapter: AdapterSettings) -> tuple[str, ...]:
     try:
         return derive_subjects(adapter.stream_topic)
-    except SubjectDerivationError:
+    except ValueError:
         return tuple(adapter.stream_subjects)
 
 

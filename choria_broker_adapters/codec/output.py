@@ -1,4 +1,4 @@
-"""The adapter output document, its subject and its JetStream message id (SPEC.md 8 and 9).
+"""The adapter output document, its subject and its JetStream message id (docs/protocol.md).
 
     encode_output(envelope, adapter_type=...) -> bytes   byte-identical to Go's json.Marshal
     output_subject(topic, sender) -> str                 every "%s" replaced, unsafe senders refused
@@ -19,29 +19,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from functools import lru_cache
 
 from choria_broker_adapters.codec import jsonfast
 from choria_broker_adapters.codec.protocol import Envelope
-
-ADAPTER_TYPES = ("choria_streams", "jetstream")
-_PROTOCOLS = {name: f"choria:adapters:{name}:output:1" for name in ADAPTER_TYPES}
+from choria_broker_adapters.core.adapter_types import output_protocol
+from choria_broker_adapters.core.subjects import node_subject
 
 NANOS = 1_000_000_000
 # 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z in Unix seconds: Go's time.MarshalJSON range.
 MIN_SECONDS = -62167219200
 MAX_SECONDS = 253402300799
 
-# Longer subjects risk the server's max_control_line (4 KiB by default), which closes the
-# connection rather than rejecting one message. Host names are at most 253 characters.
-MAX_SUBJECT_BYTES = 1024
 # A message id made of the raw sender and request id is kept readable up to this length.
 MAX_READABLE_MESSAGE_ID = 200
-
-
-# str.isspace() characters; isprintable() already refuses the other control characters.
-_WHITESPACE = re.compile(r"\s")
 
 
 class OutputError(Exception):
@@ -50,14 +41,6 @@ class OutputError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def output_protocol(adapter_type: str) -> str:
-    """The output document's `protocol` value for an adapter type (ValueError if unknown)."""
-    try:
-        return _PROTOCOLS[adapter_type]
-    except KeyError:
-        raise ValueError(f"unknown adapter type {adapter_type!r}, expected one of {ADAPTER_TYPES}") from None
 
 
 def _civil_from_days(days: int) -> tuple[int, int, int]:
@@ -161,29 +144,11 @@ def output_subject(topic: str, sender: str) -> str:
     The Go broker substitutes blindly; here a sender that would create an empty token, a
     wildcard (`*`, `>`), whitespace or control characters, or an over-long subject raises
     OutputError instead of publishing to a wildcard or broken subject."""
-    subject = topic.replace("%s", sender)
-    problem = subject_problem(subject)
+    subject, problem = node_subject(topic, sender)
     if problem:
         who = f"sender {sender!r}" if "%s" in topic else f"topic {topic!r}"
         raise OutputError(f"{who} makes an unsafe subject: {problem}")
     return subject
-
-
-def subject_problem(subject: str) -> str | None:
-    """Why `subject` is not a safe literal NATS publish subject, or None."""
-    if not subject:
-        return "empty subject"
-    size = len(subject) if subject.isascii() else len(subject.encode("utf-8", "surrogatepass"))
-    if size > MAX_SUBJECT_BYTES:
-        return f"longer than {MAX_SUBJECT_BYTES} bytes"
-    if "*" in subject or ">" in subject:
-        return "contains a wildcard (* or >)"
-    # After isprintable() the only ASCII whitespace left to find is the space itself.
-    if not subject.isprintable() or (" " in subject if subject.isascii() else _WHITESPACE.search(subject)):
-        return "contains whitespace or control characters"
-    if subject[0] == "." or subject[-1] == "." or ".." in subject:
-        return "has an empty token (leading, trailing or double dot)"
-    return None
 
 
 def _is_readable(text: str) -> bool:

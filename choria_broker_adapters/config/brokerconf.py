@@ -1,6 +1,6 @@
 """Read broker.conf (and plugin.d/*.cfg) into raw options that remember where they came from.
 
-The line syntax is the Go Choria broker's (config/SPEC.md section 1): `key = value`, `#`
+The line syntax is the Go Choria broker's (docs/configuration.md): `key = value`, `#`
 comments, first usable `=` splits, empty values mean "absent", last duplicate wins. The Go
 parser drops everything it does not understand without a word; this one produces the same
 raw map for well-formed files and a warning naming file and line for everything else.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +76,6 @@ class RawConfig:
 
     options: dict[str, RawOption] = field(default_factory=dict)
     warnings: list[Problem] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
 
     def get(self, key: str) -> RawOption | None:
         return self.options.get(key)
@@ -203,7 +202,6 @@ def read_config(path: str | os.PathLike[str], *, read_plugin_d: bool = True) -> 
     """
     main_file = Path(path).absolute()
     raw = RawConfig()
-    raw.files.append(str(main_file))
     raw.merge(*parse_text(main_file.read_bytes(), file=str(main_file)))
     if read_plugin_d:
         files, warnings = plugin_d_files(main_file)
@@ -214,10 +212,5 @@ def read_config(path: str | os.PathLike[str], *, read_plugin_d: bool = True) -> 
             except OSError as error:
                 raw.warnings.append(Problem(f"cannot read {plugin_file}: {error.strerror}"))
                 continue
-            raw.files.append(str(plugin_file))
             raw.merge(*parse_text(data, file=str(plugin_file), key_prefix=f"plugin.{plugin_file.stem}."))
     return raw
-
-
-def raw_values(options: Mapping[str, RawOption]) -> dict[str, str]:
-    return {key: option.value for key, option in options.items()}

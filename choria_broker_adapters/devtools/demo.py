@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from choria_broker_adapters.core.exits import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
 from choria_broker_adapters.devtools.fleet import REGISTRATION_SUBJECT, fleet, node_name
 from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
 
@@ -50,9 +51,6 @@ QUEUE_LEN = 10_000
 # Nothing changed for this long while nothing is queued or in flight: what is missing is lost.
 SETTLE_SECONDS = 3.0
 SUBSCRIBE_TIMEOUT = 20.0
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for "stopped by Ctrl-C"
 
 
 class DemoError(Exception):

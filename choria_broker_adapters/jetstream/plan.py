@@ -1,13 +1,13 @@
 """Adapter settings → desired JetStream streams, and what changing an existing stream means.
 
-Pure: no I/O, no network imports. `streams_admin` applies what this module decides, the
-`check` command and settings validation call `derive_subjects`.
+Pure: no I/O, no network imports. `jetstream.admin` applies what this module decides. It
+takes validated settings and never re-checks them: names, subjects and value ranges are the
+settings layer's business (with the rules in `core`); only what concerns several adapters
+together, or a stream against its configuration, is decided here.
 
 Decisions documented here because operators meet them as messages:
 
-* Subjects: a `stream.topic` whose last token is exactly `%s` captures `<prefix>.>` (node
-  identities contain dots, so `*` would miss most of them). A topic without `%s` is its own
-  subject. Any other use of `%s` needs an explicit `stream.subjects`.
+* Subjects: derived from `stream.topic` by `core.subjects.derive_subjects` unless given.
 * Several adapters naming the same `stream.name` (on the same servers) share one stream: their
   subjects are merged; every other stream setting must agree, otherwise the plan is refused
   with the adapters and values named. Merging is what operators expect from "these adapters
@@ -32,14 +32,20 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
+from choria_broker_adapters.core.durations import format_duration
+from choria_broker_adapters.core.subjects import (
+    derivation_problem,
+    derive_subjects,
+    merge_subjects,
+    subjects_overlap,
+    uncaptured_subjects,
+)
+
 NANOSECONDS = 1_000_000_000
 # The JetStream API level from which streams take `allow_batched` (fast-ingest, nats-server 2.14).
 FAST_INGEST_API_LEVEL = 4
 # nats-server's default duplicate window, applied when the configured one is 0.
 SERVER_DEFAULT_DUPLICATE_WINDOW = 120.0
-NODE_PLACEHOLDER = "%s"
-# Characters nats-server cannot use in a stream name (it is part of a file path and API subject).
-INVALID_STREAM_NAME_CHARACTERS = frozenset(".*> /\\\t\r\n")
 
 
 class AdapterStreamSettings(Protocol):
@@ -63,133 +69,6 @@ class AdapterStreamSettings(Protocol):
     def stream_max_msgs_per_subject(self) -> int: ...
     @property
     def stream_duplicate_window(self) -> float: ...
-
-
-class SubjectDerivationError(ValueError):
-    """`stream.topic` does not determine the stream's subjects; the message says what to do."""
-
-
-# --------------------------------------------------------------------------- subjects
-
-
-def subject_pattern_problem(subject: str) -> str | None:
-    """Why `subject` is not a valid JetStream stream subject (wildcards allowed), or None."""
-    if not subject:
-        return "is empty"
-    if any(character.isspace() for character in subject):
-        return "contains white space"
-    tokens = subject.split(".")
-    if any(token == "" for token in tokens):
-        return "has an empty token (leading, trailing or doubled '.')"
-    for position, token in enumerate(tokens):
-        if token == ">" and position != len(tokens) - 1:
-            return "has '>' before the last token"
-        if token not in ("*", ">") and ("*" in token or ">" in token):
-            return f"has a wildcard inside the token {token!r}"
-    return None
-
-
-def derive_subjects(topic: str) -> tuple[str, ...]:
-    """The stream subjects that capture everything an adapter publishes to `topic`.
-
-    `choria.node_metadata.%s` → (`choria.node_metadata.>`,); `choria.all` → (`choria.all`,).
-    Raises SubjectDerivationError with an operator-facing message otherwise.
-    """
-    problem = subjects_problem(topic)
-    if problem is not None:
-        raise SubjectDerivationError(problem)
-    tokens = topic.split(".")
-    if tokens[-1] == NODE_PLACEHOLDER:
-        return (".".join([*tokens[:-1], ">"]),)
-    return (topic,)
-
-
-def subjects_problem(topic: str) -> str | None:
-    """Why subjects cannot be derived from `topic` (a sentence naming the fix), or None."""
-    if not topic:
-        return "stream.topic is empty: set stream.topic (e.g. choria.node_metadata.%s)"
-    shown = f"stream.topic {topic!r}"
-    placeholder_count = topic.count(NODE_PLACEHOLDER)
-    tokens = topic.split(".")
-    if placeholder_count == 0:
-        problem = subject_pattern_problem(topic)
-        if problem is not None:
-            return f"{shown} {problem}"
-        if "*" in tokens or ">" in tokens:
-            return f"{shown} contains a wildcard: adapters publish to it, so it must be a literal subject"
-        return None
-    if placeholder_count == 1 and tokens[-1] == NODE_PLACEHOLDER:
-        if len(tokens) == 1:
-            return (
-                f"{shown} is only the node identity: its stream would capture every subject; "
-                "use a prefix (e.g. choria.node_metadata.%s) or set stream.subjects explicitly"
-            )
-        prefix_problem = subject_pattern_problem(".".join(tokens[:-1]))
-        if prefix_problem is not None:
-            return f"{shown} {prefix_problem}"
-        if "*" in tokens or ">" in tokens:
-            return f"{shown} contains a wildcard: adapters publish to it, so it must be a literal subject"
-        return None
-    if placeholder_count > 1:
-        reason = "uses %s more than once"
-    elif NODE_PLACEHOLDER in tokens:
-        reason = "has %s before the last token"
-    else:
-        reason = "has %s inside a token"
-    return (
-        f"{shown} {reason}, so the stream subjects cannot be derived "
-        "(node identities contain dots, a '*' would not match them): set stream.subjects explicitly"
-    )
-
-
-def subjects_overlap(first: str, second: str) -> bool:
-    """Whether some subject matches both patterns (JetStream refuses overlapping streams)."""
-    first_tokens, second_tokens = first.split("."), second.split(".")
-    for position, first_token in enumerate(first_tokens):
-        if position >= len(second_tokens):
-            return False
-        second_token = second_tokens[position]
-        if first_token == ">" or second_token == ">":
-            return True
-        if first_token != second_token and "*" not in (first_token, second_token):
-            return False
-    return len(first_tokens) == len(second_tokens)
-
-
-def subject_covers(general: str, specific: str) -> bool:
-    """Whether every subject matching `specific` also matches `general`."""
-    general_tokens, specific_tokens = general.split("."), specific.split(".")
-    for position, general_token in enumerate(general_tokens):
-        if position >= len(specific_tokens):
-            return False
-        specific_token = specific_tokens[position]
-        if general_token == ">":
-            return True
-        if specific_token == ">":
-            return False
-        if general_token == "*":
-            continue
-        if general_token != specific_token:
-            return False
-    return len(general_tokens) == len(specific_tokens)
-
-
-def uncaptured_subjects(wanted: Iterable[str], stream_subjects: Iterable[str]) -> tuple[str, ...]:
-    """The `wanted` subjects no single stream subject fully covers (empty: all captured)."""
-    available = tuple(stream_subjects)
-    return tuple(
-        subject for subject in wanted if not any(subject_covers(have, subject) for have in available)
-    )
-
-
-def _merge_subjects(subjects: Iterable[str]) -> tuple[str, ...]:
-    """Subjects in first-seen order without duplicates or subjects another one already covers."""
-    unique = list(dict.fromkeys(subjects))
-    return tuple(
-        subject
-        for subject in unique
-        if not any(other != subject and subject_covers(other, subject) for other in unique)
-    )
 
 
 # --------------------------------------------------------------------------- desired streams
@@ -264,7 +143,7 @@ def _to_nanoseconds(seconds: float) -> int:
 
 
 def desired_stream(adapter: AdapterStreamSettings) -> DesiredStream:
-    """The stream one adapter wants; raises SubjectDerivationError when subjects are unknowable."""
+    """The stream one adapter wants (settings guarantee its subjects are known)."""
     subjects = tuple(adapter.stream_subjects) or derive_subjects(adapter.stream_topic)
     max_msgs_per_subject = adapter.stream_max_msgs_per_subject
     return DesiredStream(
@@ -330,29 +209,16 @@ def plan_streams(adapters: Iterable[AdapterStreamSettings]) -> StreamPlan:
 
 
 def _adapter_problem(adapter: AdapterStreamSettings) -> str | None:
-    prefix = f"adapter {adapter.name}:"
-    if not adapter.stream_name:
-        return f"{prefix} stream.name is empty"
-    if any(character in INVALID_STREAM_NAME_CHARACTERS for character in adapter.stream_name):
-        return (
-            f"{prefix} stream.name {adapter.stream_name!r} may not contain '.', '*', '>', '/', '\\' "
-            "or white space"
-        )
-    if adapter.stream_subjects:
-        for subject in adapter.stream_subjects:
-            problem = subject_pattern_problem(subject)
-            if problem is not None:
-                return f"{prefix} stream.subjects entry {subject!r} {problem}"
-        if subjects_problem(adapter.stream_topic) is None:
-            missed = uncaptured_subjects(derive_subjects(adapter.stream_topic), adapter.stream_subjects)
-            if missed:
-                return (
-                    f"{prefix} stream.subjects {', '.join(adapter.stream_subjects)} do not capture "
-                    f"{', '.join(missed)}, where stream.topic {adapter.stream_topic!r} publishes"
-                )
+    """Explicit stream subjects that miss where the adapter publishes: its messages would be lost."""
+    if not adapter.stream_subjects or derivation_problem(adapter.stream_topic) is not None:
         return None
-    problem = subjects_problem(adapter.stream_topic)
-    return None if problem is None else f"{prefix} {problem}"
+    missed = uncaptured_subjects(derive_subjects(adapter.stream_topic), adapter.stream_subjects)
+    if not missed:
+        return None
+    return (
+        f"adapter {adapter.name}: stream.subjects {', '.join(adapter.stream_subjects)} do not capture "
+        f"{', '.join(missed)}, where stream.topic {adapter.stream_topic!r} publishes"
+    )
 
 
 def _merge(name: str, wanted: list[DesiredStream]) -> tuple[DesiredStream | None, list[str]]:
@@ -372,7 +238,7 @@ def _merge(name: str, wanted: list[DesiredStream]) -> tuple[DesiredStream | None
         return None, conflicts
     merged = DesiredStream(
         name=name,
-        subjects=_merge_subjects(subject for stream in wanted for subject in stream.subjects),
+        subjects=merge_subjects(subject for stream in wanted for subject in stream.subjects),
         max_age=first.max_age,
         storage=first.storage,
         num_replicas=first.num_replicas,
@@ -386,13 +252,7 @@ def _merge(name: str, wanted: list[DesiredStream]) -> tuple[DesiredStream | None
 def _stream_problems(stream: DesiredStream) -> list[str]:
     owners = ", ".join(stream.adapters)
     problems: list[str] = []
-    if stream.storage not in ("file", "memory"):
-        problems.append(f"stream {stream.name} ({owners}): stream.storage must be file or memory")
-    if stream.num_replicas < 1:
-        problems.append(f"stream {stream.name} ({owners}): stream.replicas must be at least 1")
-    if stream.max_age < 0 or stream.duplicate_window < 0:
-        problems.append(f"stream {stream.name} ({owners}): durations may not be negative")
-    elif stream.max_age > 0 and stream.duplicate_window > stream.max_age:
+    if stream.max_age > 0 and stream.duplicate_window > stream.max_age:
         problems.append(
             f"stream {stream.name} ({owners}): stream.duplicate_window "
             f"{format_duration(stream.duplicate_window)} is longer than stream.max_age "
@@ -488,19 +348,6 @@ def describe_desired(stream: DesiredStream) -> str:
         f"duplicate_window {format_duration(stream.effective_duplicate_window)}"
         + (", allow_batched on" if stream.allow_batched else "")
     )
-
-
-def format_duration(seconds: float) -> str:
-    """Compact Go-like duration: 168h, 1h30m, 2m, 1m30s, 500ms, 0s."""
-    remaining = round(seconds * 1000)  # milliseconds: finer is noise for these settings
-    if remaining == 0:
-        return "0s"
-    parts = []
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
-        count, remaining = divmod(remaining, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
 
 
 def _from_api_value(field_name: str, value: Any) -> Any:

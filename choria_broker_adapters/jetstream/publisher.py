@@ -3,9 +3,9 @@
 `AckedPublisher` sends each message as a plain core-NATS publish whose reply subject is a
 token under one private inbox prefix; a single wildcard subscription on that prefix
 collects JetStream's acknowledgements. This is the fastest pattern measured on the target
-machine (DESIGN.md: ~128k publishes/s against ~60k for `js.publish_async` and ~5.5k for
-one `await js.publish` at a time), because it costs one dict insert and one publish per
-message: no future, task or semaphore per message.
+machine (several times `js.publish_async`, and far beyond one `await js.publish` at a time;
+see docs/jetstream.md), because it costs one dict insert and one publish per message: no
+future, task or semaphore per message.
 
 Delivery promise: a message handed to `publish` ends in exactly one `PublishResult`:
 ACKED or DUPLICATE (stored) or DROPPED (retry budget spent, with the last reason). Every
@@ -28,7 +28,6 @@ import contextlib
 import enum
 import itertools
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,9 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+
+from choria_broker_adapters.core.backoff import backoff_delay
+from choria_broker_adapters.core.errors import describe_exception
 
 try:
     from orjson import loads as _json_loads
@@ -226,16 +228,6 @@ def oversize_reason(body_size: int, headers_size: int, max_payload: int) -> str 
         f"output of {body_size} bytes plus {headers_size} bytes of headers is {total} bytes, "
         f"over the JetStream server's max_payload of {max_payload} bytes"
     )
-
-
-def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random | None = None) -> float:
-    """Capped exponential delay before retry number `attempt` (1-based), jittered to 50-100%.
-
-    Jitter keeps many publishers that failed together (a server restart) from retrying in
-    lockstep.
-    """
-    capped = min(maximum, initial * (2 ** min(attempt - 1, 32)))
-    return capped * (0.5 + 0.5 * (rng or random).random())
 
 
 class _Pending:
@@ -639,12 +631,6 @@ class AckedPublisher:
                 if self._pending.get(token) is entry and not entry.in_flight:
                     self.retries += 1
                     await self._send(token, entry, time.monotonic())
-
-
-def describe_exception(exc: BaseException) -> str:
-    """`Type: message` (or just the type when there is no message), for log lines and reasons."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def stream_for_subject(js: Any, subject: str) -> str | None:

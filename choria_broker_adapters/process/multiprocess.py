@@ -28,13 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from choria_broker_adapters.core.backoff import backoff_delay
 from choria_broker_adapters.process.lifecycle import stop_with_parent
 from choria_broker_adapters.process.stats import Metrics, Snapshot
 
 log = logging.getLogger("choria_broker_adapters.process.runtime")
 
 SNAPSHOT_INTERVAL_S = 1.0
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+RESTART_BACKOFF_INITIAL_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
 # A child that ran this long before dying is restarted after the shortest delay again.
 STABLE_AFTER_S = 60.0
 POLL_INTERVAL_S = 0.2
@@ -72,7 +74,9 @@ def describe_exit(returncode: int) -> str:
 
 
 def restart_delay(consecutive_failures: int) -> float:
-    return RESTART_BACKOFF_S[min(consecutive_failures, len(RESTART_BACKOFF_S) - 1)]
+    return backoff_delay(
+        consecutive_failures + 1, RESTART_BACKOFF_INITIAL_S, RESTART_BACKOFF_MAX_S, jitter=False
+    )
 
 
 def encode_report(index: int, snapshot: Snapshot, adapters: list[dict[str, Any]], *, final: bool) -> bytes:

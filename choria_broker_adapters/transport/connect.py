@@ -1,8 +1,9 @@
-"""NATS connection options from settings: servers, TLS, credentials, reconnect and events.
+"""NATS connection options from validated settings: servers, TLS, credentials, reconnect, events.
 
-Settings are duck-typed (the fields of `settings.Settings`), so this module does not import
-the configuration layer. Credentials never reach a log line: URLs are redacted, and error
-descriptions are scrubbed of the configured password.
+Settings arrive validated (server URLs parsed by `core.servers`, TLS paths laid out by
+`Settings.tls_files`); nothing is re-checked here but what only the file system can tell.
+Credentials never reach a log line: server URLs carry none (their userinfo was taken apart
+when parsed), and error descriptions are scrubbed of every configured secret.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import os
 import random
 import ssl
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 from nats.aio.client import Client, Server
+
+from choria_broker_adapters.config.settings import Settings
+from choria_broker_adapters.core.backoff import backoff_delay
+from choria_broker_adapters.core.servers import ServerList, redact
 
 # Events passed to `on_event(event, detail)`; `detail` never holds credentials.
 EVENT_ERROR = "error"
@@ -36,8 +38,6 @@ EVENT_READ_LOOP_FAILED = "read_loop_failed"
 # The server reported an error and closed the connection; the client is reconnecting.
 EVENT_SERVER_ERROR = "server_error"
 
-URL_SCHEMES = ("nats", "tls", "ws", "wss")
-DEFAULT_PORT_HINT = 4222
 # Outgoing buffer the client flushes at: room for several publishers' windows of 1 KiB messages.
 PENDING_SIZE = 16 * 1024 * 1024
 RECONNECT_WAIT_INITIAL = 0.25
@@ -51,139 +51,35 @@ class ConnectConfigError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# servers
-
-
-def server_urls(servers: Iterable[str]) -> list[str]:
-    """Normalise `host:port`, `[v6]:port` and nats:// / tls:// URLs into URLs nats-py accepts."""
-    urls: list[str] = []
-    for raw in servers:
-        server = raw.strip()
-        if not server:
-            raise ValueError("empty server address in the server list")
-        if "://" in server:
-            scheme = server.split("://", 1)[0].lower()
-            if scheme not in URL_SCHEMES:
-                raise ValueError(
-                    f"server {redact_url(server)!r} has scheme {scheme!r}; use one of "
-                    + ", ".join(f"{name}://" for name in URL_SCHEMES)
-                    + " or plain host:port"
-                )
-            _port_of(server, urlsplit(server).netloc.rpartition("@")[2], require=False)
-            urls.append(server)
-            continue
-        _port_of(server, server, require=True)
-        urls.append(f"nats://{server}")
-    return urls
-
-
-def _port_of(original: str, hostport: str, *, require: bool) -> int | None:
-    if hostport.startswith("["):
-        host, bracket, rest = hostport[1:].partition("]")
-        if not bracket or not host:
-            raise ValueError(f"server {redact_url(original)!r}: unterminated IPv6 address, write [addr]:port")
-        if not rest:
-            port_text = None
-        elif rest.startswith(":"):
-            port_text = rest[1:]
-        else:
-            raise ValueError(f"server {redact_url(original)!r}: expected :port after the IPv6 address")
-    else:
-        if hostport.count(":") > 1:
-            raise ValueError(
-                f"server {redact_url(original)!r}: IPv6 addresses need brackets, "
-                f"e.g. [::1]:{DEFAULT_PORT_HINT}"
-            )
-        host, colon, port_text = hostport.partition(":")
-        if not host:
-            raise ValueError(f"server {redact_url(original)!r} has no host name")
-        if not colon:
-            port_text = None
-    if port_text is None:
-        if require:
-            raise ValueError(
-                f"server {original!r} has no port: write host:port, e.g. {original}:{DEFAULT_PORT_HINT}"
-            )
-        return None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"server {redact_url(original)!r}: port {port_text!r} is not a number in 1-65535")
-    return int(port_text)
-
-
-def redact_url(url: str) -> str:
-    """`nats://user:secret@host:4222` -> `nats://user:***@host:4222`; other text unchanged."""
-    if "@" not in url or "://" not in url:
-        return url
-    parts = urlsplit(url)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
-
-
-# ---------------------------------------------------------------------------------------------
 # TLS
 
 
-@dataclass(frozen=True)
-class TLSFiles:
-    certificate: str
-    key: str
-    ca: str
-    source: str  # the setting the paths come from, for error messages
-
-
-def tls_files(settings: Any) -> TLSFiles:
-    """Certificate, key and CA paths for the security provider: the `puppet` ssldir layout, or
-    the three files `file` (protocol v1) and `choria` (protocol v2) name explicitly."""
-    provider = getattr(settings, "security_provider", "puppet")
-    if provider in {"file", "choria"}:
-        paths = {role: getattr(settings, f"{provider}_{role}", None) for role in ("certificate", "key", "ca")}
-        missing = [f"plugin.security.{provider}.{role}" for role, value in paths.items() if not value]
-        if missing:
-            raise ConnectConfigError(
-                f"the {provider} security provider needs {', '.join(missing)} for TLS "
-                "(or run with --disable-tls)"
-            )
-        return TLSFiles(paths["certificate"], paths["key"], paths["ca"], f"plugin.security.{provider}.*")
-    if provider == "puppet":
-        if not settings.ssldir:
-            raise ConnectConfigError("the puppet security provider needs plugin.choria.ssldir for TLS")
-        ssldir = Path(settings.ssldir)
-        certname = getattr(settings, "certname", "") or settings.identity
-        return TLSFiles(
-            str(ssldir / "certs" / f"{certname}.pem"),
-            str(ssldir / "private_keys" / f"{certname}.pem"),
-            str(ssldir / "certs" / "ca.pem"),
-            f"plugin.choria.ssldir {ssldir} for identity {certname}",
-        )
-    raise ConnectConfigError(
-        f"security provider {provider!r} has no TLS file layout here; "
-        "use puppet, file or choria (or --disable-tls)"
-    )
-
-
-def tls_context(settings: Any, *, disable_tls: bool) -> ssl.SSLContext | None:
+def tls_context(settings: Settings, *, disable_tls: bool) -> ssl.SSLContext | None:
     """Mutual-TLS client context: TLS 1.2+, our certificate, and the configured CA as the only trust root."""
     if disable_tls:
         return None
-    files = tls_files(settings)
-    for role, path in (("certificate", files.certificate), ("key", files.key), ("CA", files.ca)):
+    files = settings.tls_files()
+    if not files:
+        raise ConnectConfigError(
+            f"security provider {settings.security_provider!r} has no TLS file layout here; "
+            "use puppet, file or choria (or --disable-tls)"
+        )
+    for role, (path, key) in files.items():
         if not os.path.isfile(path):
-            raise ConnectConfigError(f"TLS {role} file {path} does not exist (from {files.source})")
+            raise ConnectConfigError(f"TLS {role} file {path} does not exist (from {key})")
         if not os.access(path, os.R_OK):
-            raise ConnectConfigError(f"TLS {role} file {path} is not readable (from {files.source})")
+            raise ConnectConfigError(f"TLS {role} file {path} is not readable (from {key})")
+    certificate, key, ca = (files[role][0] for role in ("certificate", "key", "ca"))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its host name
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_verify_locations(cafile=files.ca)
+        context.load_verify_locations(cafile=ca)
     except (ssl.SSLError, OSError) as exc:
-        raise ConnectConfigError(f"cannot load TLS CA {files.ca}: {exc}") from exc
+        raise ConnectConfigError(f"cannot load TLS CA {ca}: {exc}") from exc
     try:
-        context.load_cert_chain(certfile=files.certificate, keyfile=files.key)
+        context.load_cert_chain(certfile=certificate, keyfile=key)
     except (ssl.SSLError, OSError) as exc:
-        raise ConnectConfigError(
-            f"cannot load TLS certificate {files.certificate} with key {files.key}: {exc}"
-        ) from exc
+        raise ConnectConfigError(f"cannot load TLS certificate {certificate} with key {key}: {exc}") from exc
     return context
 
 
@@ -192,16 +88,16 @@ def tls_context(settings: Any, *, disable_tls: bool) -> ssl.SSLContext | None:
 
 
 def connect_options(
-    settings: Any,
+    settings: Settings,
     *,
-    servers: list[str],
+    servers: ServerList,
     name: str,
     disable_tls: bool,
     on_event: OnEvent | None,
 ) -> dict[str, Any]:
     """Keyword arguments for `nats.aio.client.Client.connect` (reconnect forever once connected)."""
     options: dict[str, Any] = {
-        "servers": server_urls(servers),
+        "servers": list(servers),
         "name": name,
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,
@@ -209,19 +105,15 @@ def connect_options(
         # Picks the next server and a jittered, growing delay so that many clients cut off
         # together (a server restart) do not reconnect in lockstep.
         "reconnect_to_server_handler": jittered_reconnect,
-        "connect_timeout": float(getattr(settings, "connect_timeout", 2.0) or 2.0),
+        "connect_timeout": settings.connect_timeout,
         "pending_size": PENDING_SIZE,
     }
     context = tls_context(settings, disable_tls=disable_tls)
     if context is not None:
         options["tls"] = context
-    secrets: list[str] = []
-    if getattr(settings, "nats_user", None):
-        options["user"] = settings.nats_user
-    if getattr(settings, "nats_password", None):
-        options["password"] = settings.nats_password
-        secrets.append(settings.nats_password)
-    credentials = getattr(settings, "nats_credentials", None)
+    options.update(_credentials(settings, servers))
+    secrets = [options[name] for name in ("password", "token") if options.get(name)]
+    credentials = settings.nats_credentials
     if credentials:
         if not os.path.isfile(credentials):
             raise ConnectConfigError(
@@ -236,6 +128,22 @@ def connect_options(
     return options
 
 
+def _credentials(settings: Settings, servers: ServerList) -> dict[str, str]:
+    """User and password, or token: from the server URLs when they carry some (as the Go
+    client does per URL), else plugin.nats.user/pass."""
+    userinfo = getattr(servers, "userinfo", None)
+    if userinfo is not None:
+        if userinfo.token:
+            return {"token": userinfo.token}
+        return {"user": userinfo.user or "", "password": userinfo.password or ""}
+    found: dict[str, str] = {}
+    if settings.nats_user:
+        found["user"] = settings.nats_user
+    if settings.nats_password:
+        found["password"] = settings.nats_password
+    return found
+
+
 def jittered_reconnect(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
     """nats-py reconnect handler: the least-failed server, after a capped exponential jittered delay."""
     if not servers:
@@ -243,8 +151,7 @@ def jittered_reconnect(servers: list[Server], _info: dict[str, Any]) -> tuple[Se
     server = min(servers, key=lambda candidate: candidate.reconnects)
     if server.reconnects == 0:
         return server, random.uniform(0, RECONNECT_WAIT_INITIAL)
-    ceiling = min(RECONNECT_WAIT_MAX, RECONNECT_WAIT_INITIAL * 2 ** min(server.reconnects - 1, 16))
-    return server, ceiling * random.uniform(0.5, 1.0)
+    return server, backoff_delay(server.reconnects, RECONNECT_WAIT_INITIAL, RECONNECT_WAIT_MAX)
 
 
 def event_callbacks(on_event: OnEvent | None, secrets: Iterable[str] = ()) -> dict[str, Any]:
@@ -316,7 +223,7 @@ def describe_servers(options: Mapping[str, Any]) -> str:
     servers = options.get("servers", [])
     if isinstance(servers, str):
         servers = [servers]
-    return ", ".join(redact_url(server) for server in servers)
+    return ", ".join(redact(server) for server in servers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +346,7 @@ async def connect_with_backoff(
     Once connected, the client's own reconnect settings from `options` apply. Returns None
     when `stop_event` is set before a connection is made.
     """
-    secrets = [options["password"]] if options.get("password") else []
+    secrets = [options[name] for name in ("password", "token") if options.get(name)]
     round_number = 0
     while stop_event is None or not stop_event.is_set():
         round_number += 1
@@ -482,7 +389,7 @@ async def connect_with_backoff(
             return client
         failures = gate.failures
         cause = next((failure for failure in reversed(failures) if not _is_generic(failure)), failures[-1])
-        delay = min(maximum, initial * 2 ** min(round_number - 1, 32)) * random.uniform(0.5, 1.0)
+        delay = backoff_delay(round_number, initial, maximum)
         log.warning(
             "cannot connect to %s: %s; retrying in %.1fs (attempt %d)",
             describe_servers(options),

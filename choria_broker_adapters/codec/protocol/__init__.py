@@ -1,4 +1,4 @@
-"""Decode a Choria message as the Go broker's stream adapters do (SPEC.md section 4).
+"""Decode a Choria message as the Go broker's stream adapters do (docs/protocol.md).
 
     decode(payload, protocol="request", security_provider="puppet") -> Envelope
 
@@ -32,12 +32,9 @@ from choria_broker_adapters.codec.protocol.model import (
     SecureLayer,
     normalise_protocol,
 )
+from choria_broker_adapters.core.choices import protocol_version_for
 
-__all__ = ["ED25519_PROVIDERS", "DecodeError", "Envelope", "SecureLayer", "decode", "protocol_version_for"]
-
-# plugin.security.provider values whose technology is ed25519+jwt (protocol v2); every other
-# provider (puppet, file, certmanager, pkcs11) is x509 and decodes protocol v1.
-ED25519_PROVIDERS = frozenset({"choria"})
+__all__ = ["DecodeError", "Envelope", "SecureLayer", "decode"]
 
 _TRANSPORT_FIELDS = frozenset({"protocol", "data", "headers"})
 _PROTOCOL_FIELD = frozenset({"protocol"})
@@ -52,11 +49,6 @@ _SHORTCUTS = {
     (True, 2): fastpath.v2_request,
     (False, 2): fastpath.v2_reply,
 }
-
-
-def protocol_version_for(security_provider: str) -> int:
-    """The one protocol version a broker with this security provider decodes."""
-    return 2 if security_provider in ED25519_PROVIDERS else 1
 
 
 def _fast_load(data: bytes | str, strict_numbers: bool) -> Any:

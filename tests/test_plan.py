@@ -1,4 +1,6 @@
-"""Pure provisioning rules: subject derivation, merging adapters into streams, diff classification."""
+"""jetstream.plan: merging adapters into streams, cross-adapter problems, diff classification.
+
+Subject rules are tests/test_subjects.py; single-adapter value checks are tests/test_settings.py."""
 
 from __future__ import annotations
 
@@ -11,18 +13,11 @@ import pytest
 from choria_broker_adapters.jetstream.plan import (
     Action,
     DesiredStream,
-    SubjectDerivationError,
     batching_note,
-    derive_subjects,
     diff_stream,
     for_server,
-    format_duration,
     plan_change,
     plan_streams,
-    subject_covers,
-    subjects_overlap,
-    subjects_problem,
-    uncaptured_subjects,
     updated_config,
 )
 
@@ -42,90 +37,6 @@ class StandInAdapter:
     stream_replicas: int = 1
     stream_max_msgs_per_subject: int = -1
     stream_duplicate_window: float = 120.0
-
-
-@pytest.mark.parametrize(
-    ("topic", "subjects"),
-    [
-        ("choria.node_metadata.%s", ("choria.node_metadata.>",)),
-        ("js.in.discovery.%s", ("js.in.discovery.>",)),
-        ("x.%s", ("x.>",)),
-        ("choria.registration", ("choria.registration",)),
-        ("node_data", ("node_data",)),
-    ],
-)
-def test_derive_subjects(topic: str, subjects: tuple[str, ...]) -> None:
-    assert derive_subjects(topic) == subjects
-    assert subjects_problem(topic) is None
-
-
-@pytest.mark.parametrize(
-    ("topic", "problem_words"),
-    [
-        ("a.%s.b", "before the last token"),
-        ("a.x%s", "inside a token"),
-        ("a.%s.%s", "more than once"),
-        ("%s", "every subject"),
-        ("", "empty"),
-        ("a..b", "empty token"),
-        ("a.*.b", "wildcard"),
-        ("a.>", "wildcard"),
-        ("a.b c", "white space"),
-        ("a.*.%s", "wildcard"),
-    ],
-)
-def test_topics_that_need_explicit_subjects(topic: str, problem_words: str) -> None:
-    problem = subjects_problem(topic)
-    assert problem is not None and problem_words in problem
-    with pytest.raises(SubjectDerivationError, match=problem_words):
-        derive_subjects(topic)
-
-
-def test_misplaced_placeholder_names_the_fix() -> None:
-    assert "set stream.subjects" in (subjects_problem("a.%s.b") or "")
-
-
-@pytest.mark.parametrize(
-    ("first", "second", "overlap"),
-    [
-        ("a.>", "a.b", True),
-        ("a.>", "a", False),
-        ("a.*", "a.b", True),
-        ("a.*", "a.b.c", False),
-        ("a.b", "a.c", False),
-        ("a.>", "b.>", False),
-        ("*.b", "a.*", True),
-        (">", "x.y", True),
-        ("a.b", "a.b", True),
-    ],
-)
-def test_subjects_overlap(first: str, second: str, overlap: bool) -> None:
-    assert subjects_overlap(first, second) is overlap
-    assert subjects_overlap(second, first) is overlap
-
-
-@pytest.mark.parametrize(
-    ("general", "specific", "covers"),
-    [
-        ("a.>", "a.b.c", True),
-        ("a.>", "a.>", True),
-        ("a.>", "a.*", True),
-        ("a.*", "a.>", False),
-        ("a.*", "a.b", True),
-        ("a.b", "a.*", False),
-        ("a.>", "a", False),
-        ("a.b", "a.b", True),
-        ("a.b", "a.b.c", False),
-        (">", "x", True),
-    ],
-)
-def test_subject_covers(general: str, specific: str, covers: bool) -> None:
-    assert subject_covers(general, specific) is covers
-
-
-def test_uncaptured_subjects() -> None:
-    assert uncaptured_subjects(["a.>", "b.c"], ["a.>", "b.*"]) == ()
-    assert uncaptured_subjects(["a.>", "c"], ["a.x.>"]) == ("a.>", "c")
 
 
 def test_default_adapter_plans_one_stream() -> None:
@@ -203,13 +114,8 @@ def with_changes(**changes: Any) -> StandInAdapter:
             ],
             "overlapping subjects (x.> / x.y.>)",
         ),
-        ([with_changes(stream_topic="a.%s.b")], "adapter node_data: stream.topic 'a.%s.b'"),
-        ([with_changes(stream_name="CHORIA.NODE")], "may not contain"),
-        ([with_changes(stream_subjects=("a.>.b",))], "'>' before the last token"),
         ([with_changes(stream_subjects=("other.>",))], "do not capture choria.node_metadata.>"),
         ([with_changes(stream_max_age=60, stream_duplicate_window=120)], "longer than stream.max_age"),
-        ([with_changes(stream_storage="disk")], "file or memory"),
-        ([with_changes(stream_replicas=0)], "at least 1"),
     ],
 )
 def test_plan_problems(adapters: list[StandInAdapter], problem_words: str) -> None:
@@ -340,11 +246,3 @@ def test_update_keeps_settings_made_elsewhere() -> None:
     body = updated_config(DEFAULT_STREAM, existing)
     assert body["max_age"] == 168 * 3600 * 10**9
     assert (body["description"], body["max_bytes"], body["compression"]) == ("set by hand", 10**9, "none")
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [(0, "0s"), (0.5, "500ms"), (90, "1m30s"), (120, "2m"), (WEEK, "168h"), (5400, "1h30m"), (3601, "1h1s")],
-)
-def test_format_duration(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text
