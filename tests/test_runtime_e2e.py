@@ -196,7 +196,12 @@ async def test_v2_examples_with_the_choria_security_provider(
                     "stream.servers": jetstream.address,
                 },
             },
-            extra="plugin.security.provider = choria\n",
+            # The choria provider names its TLS files; --disable-tls means they are not read.
+            extra="plugin.security.provider = choria\n"
+            + "".join(
+                f"plugin.security.choria.{role} = /unused/{role}.pem\n"
+                for role in ("certificate", "key", "ca")
+            ),
         )
     )
     await add_stream(jetstream.url, "NODES", ["choria.node_metadata.>"])
