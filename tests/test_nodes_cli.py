@@ -21,7 +21,8 @@ import nats
 import pytest
 import yaml
 
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
+from choria_broker_adapters.cli import main
+from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from choria_broker_adapters.devtools import fleet
 from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
 from choria_broker_adapters.jetstream import inventory as stream_inventory

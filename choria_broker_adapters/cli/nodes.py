@@ -15,14 +15,16 @@ from typing import Any, TextIO
 
 import yaml
 
-from choria_broker_adapters.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, load_settings_or_report
+from choria_broker_adapters.cli import load_settings_or_report
 from choria_broker_adapters.cli.streams import SETUP_HINT, ConnectFailure, _connect, connection_options
 from choria_broker_adapters.codec import jsonfast, nodelist
 from choria_broker_adapters.codec.nodelist import Filters
-from choria_broker_adapters.config.settings import AdapterSettings, Settings, parse_duration
+from choria_broker_adapters.config.settings import AdapterSettings, Settings
+from choria_broker_adapters.core.durations import parse_duration
+from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from choria_broker_adapters.core.subjects import derive_subjects
 from choria_broker_adapters.jetstream import inventory as stream_inventory
 from choria_broker_adapters.jetstream.admin import JetStreamAdminError
-from choria_broker_adapters.jetstream.plan import SubjectDerivationError, derive_subjects
 
 NAME = "nodes"
 HELP = "list the nodes in an adapter's stream (latest registration each), find stale ones, export inventory"
@@ -174,7 +176,7 @@ def subject_filter_of(adapter: AdapterSettings) -> tuple[str, str]:
     """(stream subject filter, prefix before the identity) for the adapter's node subjects."""
     try:
         (subject,) = derive_subjects(adapter.stream_topic)
-    except (SubjectDerivationError, ValueError):
+    except ValueError:
         return ">", ""
     if subject.endswith(".>"):
         return subject, subject[:-1]
