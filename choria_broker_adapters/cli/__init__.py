@@ -21,6 +21,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from choria_broker_adapters import __version__
+
+# Re-exported for the command modules; the codes themselves live in core.exits.
+from choria_broker_adapters.core.exits import EXIT_CONFIG as EXIT_CONFIG
+from choria_broker_adapters.core.exits import EXIT_FAILURE as EXIT_FAILURE
 from choria_broker_adapters.core.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
