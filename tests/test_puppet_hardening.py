@@ -35,8 +35,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from choria_broker_adapters.devtools.natsserver import NatsServer
 from tests.runtime_support import broker_conf, example, stored_messages, wait_until
 
-pytestmark = [pytest.mark.puppet]
-
 KEYS = Path(__file__).parent / "data" / "protocol" / "examples" / "keys"
 TOPIC = "choria.broadcast.agent.registration"
 PR_SET_MDWE = 65
