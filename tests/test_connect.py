@@ -164,13 +164,27 @@ def test_credentials_file_must_exist(tmp_path: Path) -> None:
         connect_options(settings, servers=parse_servers("h:1"), name="x", disable_tls=True, on_event=None)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("nkeys") is not None, reason="nkeys is installed")
-def test_credentials_without_nkeys_says_what_to_install(tmp_path: Path) -> None:
+def test_credentials_without_nkeys_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nkeys comes with nats-py[nkeys]; the case of a machine without it is simulated here."""
+    real_find_spec = importlib.util.find_spec
+
+    def without_nkeys(name: str, *args: object) -> object:
+        return None if name == "nkeys" else real_find_spec(name, *args)  # type: ignore[arg-type]
+
     creds = tmp_path / "user.creds"
     creds.write_text("not read here")
     settings = StandInSettings(nats_credentials=str(creds))
-    with pytest.raises(ConnectConfigError, match="nkeys"):
+    assert "user_credentials" in connect_options(
+        settings, servers=parse_servers("h:1"), name="x", disable_tls=True, on_event=None
+    ), "with nkeys installed the credentials file is used"
+    monkeypatch.setattr(importlib.util, "find_spec", without_nkeys)
+    with pytest.raises(ConnectConfigError) as refused:
         connect_options(settings, servers=parse_servers("h:1"), name="x", disable_tls=True, on_event=None)
+    assert (
+        str(refused.value) == "plugin.nats.credentials needs the nkeys package: pip install 'nats-py[nkeys]'"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
