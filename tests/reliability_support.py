@@ -99,22 +99,51 @@ class Expectation:
         return "stored"
 
 
-def hostile_mix(
-    count: int, *, seed: int, tag: str, huge: int, huge_size: int
-) -> tuple[list[bytes], list[str]]:
+def expected_document(sender: str, rid: str, body: str, sent_at: int, *, adapter_type: str) -> bytes:
+    """The output document the runtime must store for a registration this test generated, built
+    from the generated fields alone (not with the project's codec). Valid for the plain-ASCII
+    senders and bodies without `<`, `>`, `&` that the generators make."""
+    assert body.isascii() and not set("<>&") & set(body + sender)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sent_at))
+    document = {
+        "protocol": f"choria:adapters:{adapter_type}:output:1",
+        "data": body,
+        "sender": sender,
+        "time": stamp,
+        "requestid": rid,
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+@dataclass
+class HostileMix:
+    """A flood's payloads, what kind each is, and the generated-valid ones' expected documents."""
+
+    payloads: list[bytes]
+    kinds: list[str]
+    valid: dict[tuple[str, str], bytes]  # (sender, request id) -> expected stored document
+
+
+def hostile_mix(count: int, *, seed: int, tag: str, huge: int, huge_size: int) -> HostileMix:
     """`count` payloads mixing valid registrations, random bytes, truncated and mutated transports.
 
     Plus `huge` near-max payloads of each kind: valid registrations carrying a big inventory,
-    and random bytes. Returns (payloads, kinds). Deterministic for a seed."""
+    and random bytes. Deterministic for a seed."""
     rng = random.Random(seed)
     now = int(time.time())
     out: list[bytes] = []
     kinds: list[str] = []
+    valid: dict[tuple[str, str], bytes] = {}
+    small_body = '{"ok":true}'
     for index in range(count):
-        base = small_registration(f"{tag}{index:07d}.example.net", request_id(index, 1), sent_at=now).payload
+        sender, rid = f"{tag}{index:07d}.example.net", request_id(index, 1)
+        base = small_registration(sender, rid, sent_at=now, body=small_body).payload
         kind = ("valid", "random", "truncated", "mutated", "valid", "mutated")[index % 6]
         if kind == "valid":
             payload = base
+            valid[(sender, rid)] = expected_document(
+                sender, rid, small_body, now, adapter_type="choria_streams"
+            )
         elif kind == "random":
             payload = rng.randbytes(rng.randint(0, 2048))
         elif kind == "truncated":
@@ -129,16 +158,18 @@ def hostile_mix(
     for index in range(huge):
         # Base64 twice over grows the inventory by ~16/9 on the wire; leave room for the layers.
         body = json.dumps({"blob": "x" * int(huge_size * 0.55)})
-        valid = small_registration(f"{tag}huge{index:03d}.example.net", request_id(index, 2), body=body)
-        assert len(valid.payload) < huge_size, len(valid.payload)
-        out.append(valid.payload)
+        sender, rid = f"{tag}huge{index:03d}.example.net", request_id(index, 2)
+        big = small_registration(sender, rid, body=body, sent_at=now)
+        assert len(big.payload) < huge_size, len(big.payload)
+        out.append(big.payload)
         kinds.append("huge_valid")
+        valid[(sender, rid)] = expected_document(sender, rid, body, now, adapter_type="choria_streams")
         out.append(rng.randbytes(huge_size - rng.randint(0, 64)))
         kinds.append("huge_random")
     # Spread the huge ones through the flood rather than at its end.
     order = list(range(len(out)))
     rng.shuffle(order)
-    return [out[i] for i in order], [kinds[i] for i in order]
+    return HostileMix([out[i] for i in order], [kinds[i] for i in order], valid)
 
 
 # -- the runtime ------------------------------------------------------------------------------
@@ -292,6 +323,30 @@ async def stored_ids(url: str | list[str], stream: str) -> list[tuple[str, str]]
             for msg in await consumer.fetch(batch=2000, timeout=10):
                 document = json.loads(msg.data)
                 found.append((document["sender"], document["requestid"]))
+        await consumer.unsubscribe()
+        return found
+    finally:
+        await nc.close()
+
+
+async def stored_documents(url: str | list[str], stream: str) -> dict[tuple[str, str], list[bytes]]:
+    """Every stored output document's bytes by (sender, requestid), duplicates kept."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        total = (await js.stream_info(stream)).state.messages
+        consumer = await js.pull_subscribe(
+            "choria.node_metadata.>",
+            stream=stream,
+            config=ConsumerConfig(ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL),
+        )
+        found: dict[tuple[str, str], list[bytes]] = {}
+        seen = 0
+        while seen < total:
+            for msg in await consumer.fetch(batch=2000, timeout=10):
+                document = json.loads(msg.data)
+                found.setdefault((document["sender"], document["requestid"]), []).append(msg.data)
+                seen += 1
         await consumer.unsubscribe()
         return found
     finally:

@@ -41,6 +41,7 @@ from tests.reliability_support import (
     small_fleet,
     small_registration,
     start_runtime,
+    stored_documents,
     stored_ids,
     stream_state,
 )
@@ -624,8 +625,12 @@ async def test_hostile_flood_every_valid_stored_every_bad_counted_rss_flat(
     runtimes.append(runtime)
     await runtime.wait_subscribed(4)
 
-    warmup, _ = hostile_mix(WARMUP, seed=7, tag="warm", huge=1, huge_size=MiB)
-    flood, kinds = hostile_mix(FLOOD, seed=8, tag="flood", huge=HUGE_EACH, huge_size=MiB)
+    warm_mix = hostile_mix(WARMUP, seed=7, tag="warm", huge=1, huge_size=MiB)
+    flood_mix = hostile_mix(FLOOD, seed=8, tag="flood", huge=HUGE_EACH, huge_size=MiB)
+    warmup, flood, kinds = warm_mix.payloads, flood_mix.payloads, flood_mix.kinds
+    # The oracle for what the test made valid is what it generated; the project's decoder only
+    # classifies the random, truncated and mutated inputs, whose validity is not known by construction.
+    generated_valid = {**warm_mix.valid, **flood_mix.valid}
     expected = Expectation()
     for payload in (*warmup, *flood):
         expected.add(payload)
@@ -639,12 +644,20 @@ async def test_hostile_flood_every_valid_stored_every_bad_counted_rss_flat(
     await asyncio.sleep(1)
     rss_after = memory_kib(runtime.pid)
     info = await stream_state(jetstream.url, "REL_FLOOD")
+    documents = await stored_documents(jetstream.url, "REL_FLOOD")
     print(
         f"\nflood: {len(flood)} messages {dict(Counter(kinds))} in {elapsed:.1f}s; RSS after warm-up "
         f"{rss_warm / 1024:.0f} MiB, after flood {rss_after / 1024:.0f} MiB, peak "
         f"{memory_kib(runtime.pid, 'VmHWM') / 1024:.0f} MiB; counts {counts}"
     )
 
+    not_exact = [key for key, body in generated_valid.items() if documents.get(key) != [body]]
+    assert not not_exact, (
+        f"{len(not_exact)} of {len(generated_valid)} generated-valid messages not stored once "
+        f"byte-exact, e.g. {not_exact[:3]}"
+    )
+    assert counts["dropped_internal"] == 0
+    assert "Internal error" not in runtime.process.log_text()
     total = len(warmup) + len(flood)
     assert counts["dropped_decode"] == expected.drops["decode"]
     assert counts["dropped_subject"] == expected.drops["subject"]
