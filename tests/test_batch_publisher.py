@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -384,3 +386,45 @@ async def test_auto_chooses_by_the_stream_logs_it_and_shows_it(
     )
     assert f"Adapter registration publishes {expected}" in log
     assert "duplicates" in adapter["duplicates_meaning"]
+
+
+async def test_frozen_jetstream_past_the_budget_late_acks_count_stored_and_the_rest_is_exact(
+    nats_server_factory: Callable[..., NatsServer],
+) -> None:
+    """SIGSTOP: the connection stays up, JetStream answers nothing for longer than the budget.
+
+    Batches given up then are still listened to; what JetStream stores after the thaw is
+    reported stored (late), what was never sent is dropped as not stored, and only the rest
+    is uncertain. The stream is the oracle for each of the three."""
+    server = nats_server_factory(jetstream=True)
+    nc = await connect(server.url)
+    await create_stream(nc, "BP_FROZEN", ["bp.>"])
+    outcomes = Outcomes()
+    publisher = make_publisher(nc, outcomes, max_pending=400, ack_timeout=0.5, retry_budget=1.0)
+    await publisher.start()
+    assert server.pid is not None
+    for index in range(200):
+        await publisher.publish("bp.frozen", BODY, f"frozen-{index}")
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        for index in range(200, 600):
+            await publisher.publish("bp.frozen", BODY, f"frozen-{index}")
+        await until(lambda: publisher.in_flight == 0, 20, "the budget to run out")
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert await publisher.flush(20) == 0
+    stored = set(await stored_msg_ids(server.url, "BP_FROZEN", "bp.>"))
+    await publisher.close()
+    await nc.close()
+
+    late = [r.msg_id for r in outcomes.results if r.late]
+    not_stored = [r.msg_id for r in outcomes.dropped if not r.uncertain]
+    uncertain = [r.msg_id for r in outcomes.dropped if r.uncertain]
+    print(f"\nfrozen: late {len(late)}, dropped {len(not_stored)}, uncertain {len(uncertain)}")
+    assert late, "nothing was given up and acknowledged late: the freeze proved nothing"
+    assert outcomes.settled() == 600
+    assert set(late) <= stored
+    assert not set(not_stored) & stored, "a message reported not stored is in the stream"
+    reported_stored = {f"frozen-{index}" for index in range(600)} - set(not_stored) - set(uncertain)
+    assert reported_stored <= stored
+    assert publisher.late_acks == len(late)

@@ -126,6 +126,7 @@ class _Held:
         "maybe_stored",
         "msg_id",
         "reason",
+        "sent_in",
         "subject",
     )
 
@@ -147,6 +148,7 @@ class _Held:
         # Sent in a batch that ended without saying: JetStream may hold it. Dropped, it is
         # reported uncertain (counted unconfirmed, not publish).
         self.maybe_stored = False
+        self.sent_in: list[tuple[_Batch, int]] = []  # (batch, sequence) of each attempt
 
 
 class _State(enum.Enum):
@@ -160,6 +162,8 @@ class _Batch:
         "base",
         "inbox",
         "interval",
+        "last_seq",
+        "late_commit",
         "pinged",
         "quiet_since",
         "reconnects",
@@ -180,6 +184,8 @@ class _Batch:
         self.reconnects = reconnects
         self.quiet_since = now  # since when a reply is awaited without one arriving
         self.pinged = False
+        self.last_seq = 0  # highest sequence of a message sent in this batch
+        self.late_commit = False  # ended by us after it was given up (see _on_late_reply)
 
 
 class BatchPublisher:
@@ -234,6 +240,13 @@ class BatchPublisher:
         self._fallback: AckedPublisher | None = None
         self._timer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # Given up while JetStream was silent, the connection up: the batch may still store what
+        # it carried, so its inbox stays subscribed until then (batch -> when to stop).
+        self._late_ack_linger = 2 * max(retry_budget, ack_timeout)
+        self._lingering: dict[_Batch, float] = {}
+        # Dropped by the budget but possibly stored by a lingering batch: entry -> deadline.
+        self._given_up: dict[_Held, float] = {}
+        self.late_acks = 0
         self._has_room = asyncio.Event()
         self._has_room.set()
         self._idle = asyncio.Event()
@@ -265,8 +278,8 @@ class BatchPublisher:
 
     @property
     def unconfirmed(self) -> int:
-        """Given-up messages the fallback still listens for (see AckedPublisher.unconfirmed)."""
-        return self._fallback.unconfirmed if self._fallback is not None else 0
+        """Given-up messages still listened for: neither known stored nor known lost yet."""
+        return len(self._given_up) + (self._fallback.unconfirmed if self._fallback is not None else 0)
 
     @property
     def max_pending(self) -> int:
@@ -346,7 +359,7 @@ class BatchPublisher:
         self._flushing = True
         try:
             deadline = time.monotonic() + timeout
-            if self._held:
+            if self._held or self._given_up:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._idle.wait(), timeout)
             remaining = len(self._held)
@@ -363,6 +376,8 @@ class BatchPublisher:
         self._closed = True
         self._abandoned += len(self._held)
         self._held.clear()
+        for entry in list(self._given_up):
+            self._settle_given_up(entry, stored=False)
         self._idle.set()
         self._has_room.set()
         if self._timer is not None:
@@ -372,6 +387,9 @@ class BatchPublisher:
         if self._batch is not None:
             await self._unsubscribe(self._batch)
             self._batch = None
+        for lingering in list(self._lingering):
+            await self._unsubscribe(lingering)
+        self._lingering.clear()
         for task in list(self._background):
             with contextlib.suppress(Exception):
                 await task
@@ -398,6 +416,8 @@ class BatchPublisher:
             return
         if self._batch is batch:
             await self._send_next(batch)
+        else:
+            await self._unsubscribe(batch)  # given up while subscribing
 
     async def _send_next(self, batch: _Batch) -> None:
         """Send held[batch.sent]; the sequence is taken before the await so sends stay in order."""
@@ -417,6 +437,8 @@ class BatchPublisher:
             return
         batch.sent += 1
         seq = batch.base + batch.sent
+        batch.last_seq = seq
+        entry.sent_in.append((batch, seq))
         if batch.sent == 1 and batch.base == 0:
             op = OP_START
             batch.quiet_since = time.monotonic()
@@ -476,7 +498,9 @@ class BatchPublisher:
     def _reply_handler(self, batch: _Batch) -> Callable[[Msg], Any]:
         async def on_reply(msg: Msg) -> None:
             if self._batch is not batch:
-                return  # a late reply to a batch already given up
+                if batch in self._lingering:
+                    await self._on_late_reply(batch, msg)
+                return  # otherwise a late reply to a batch already given up
             await self._on_reply(batch, msg)
 
         return on_reply
@@ -594,7 +618,7 @@ class BatchPublisher:
 
     def _released(self) -> None:
         self._has_room.set()
-        if not self._held:
+        if not self._held and not self._given_up:
             self._idle.set()
 
     # -- failures ----------------------------------------------------------------------------------
@@ -612,7 +636,18 @@ class BatchPublisher:
                 self._held[index].maybe_stored = True
         self.batch_failures += 1
         self.last_failure = reason
-        self._spawn(self._unsubscribe(batch))
+        nc = self._nc
+        if (
+            not refused
+            and batch.last_seq > 0
+            and self._late_ack_linger > 0
+            and nc.is_connected
+            and nc.stats["reconnects"] == batch.reconnects
+        ):
+            # JetStream was silent, not gone: it may still store what this batch carried.
+            self._lingering[batch] = time.monotonic() + self._late_ack_linger
+        else:
+            self._spawn(self._unsubscribe(batch))
         log.debug("publisher %s: batch %s ended: %s", self.name, batch.inbox, reason)
         now = time.monotonic()
         if drop is not None and drop in self._held:
@@ -635,8 +670,64 @@ class BatchPublisher:
         budget = self._retry_budget
         while held and resend_at - held[0].first_sent > budget:
             entry = held.popleft()
-            self._drop(entry, entry.reason or "not connected to NATS")
+            if entry.maybe_stored and any(sent in self._lingering for sent, _ in entry.sent_in):
+                entry.body = b""  # never resent
+                self._given_up[entry] = time.monotonic() + self._late_ack_linger
+            else:
+                self._drop(entry, entry.reason or "not connected to NATS")
         self._released()
+
+    async def _on_late_reply(self, batch: _Batch, msg: Msg) -> None:
+        """A reply to a batch given up while JetStream was silent: it answers after all."""
+        try:
+            document = _json_loads(msg.data) if msg.data else None
+        except ValueError:
+            return
+        if not isinstance(document, dict):
+            return
+        if document.get("type") == "ack" and isinstance(document.get("seq"), int):
+            self._settle_late(batch, document["seq"])
+            if not batch.late_commit:
+                # Ending it makes JetStream report how far it got, once everything is stored.
+                batch.late_commit = True
+                await self._control(batch, OP_END, batch.last_seq + 1)
+        elif "stream" in document and "error" not in document and isinstance(document.get("count"), int):
+            self._settle_late(batch, document["count"])
+            self._lingering.pop(batch, None)
+            await self._unsubscribe(batch)
+
+    def _settle_late(self, batch: _Batch, covered: int) -> None:
+        """Given-up messages sent as sequence <= `covered` of `batch` are stored after all."""
+        for entry in [e for e in self._given_up if any(b is batch and s <= covered for b, s in e.sent_in)]:
+            self._settle_given_up(entry, stored=True)
+
+    def _settle_given_up(self, entry: _Held, *, stored: bool) -> None:
+        del self._given_up[entry]
+        if stored:
+            self.late_acks += 1
+            self._acked += 1
+            if self._on_result is not None:
+                try:
+                    self._on_result(
+                        PublishResult(
+                            entry.subject, entry.msg_id, PublishOutcome.ACKED, entry.attempts, late=True
+                        )
+                    )
+                except Exception:
+                    log.exception("publisher %s: result callback failed", self.name)
+        else:
+            self._drop(entry, entry.reason or "no acknowledgement")
+        entry.sent_in = []
+        self._released()
+
+    def _expire_lingering(self, now: float) -> None:
+        for batch, until in list(self._lingering.items()):
+            if now >= until:
+                del self._lingering[batch]
+                self._spawn(self._unsubscribe(batch))
+        for entry, until in list(self._given_up.items()):
+            if now >= until:
+                self._settle_given_up(entry, stored=False)
 
     def _drop(self, entry: _Held, reason: str) -> None:
         self._dropped += 1
@@ -715,6 +806,8 @@ class BatchPublisher:
                 log.exception("publisher %s: batch timer failed", self.name)
 
     async def _check(self, now: float) -> None:
+        if self._lingering or self._given_up:
+            self._expire_lingering(now)
         nc = self._nc
         batch = self._batch
         if batch is None:
