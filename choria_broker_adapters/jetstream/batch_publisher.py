@@ -37,6 +37,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from choria_broker_adapters.core.backoff import backoff_delay
 from choria_broker_adapters.jetstream.plan import FAST_INGEST_API_LEVEL
 from choria_broker_adapters.jetstream.publisher import (
     DESCRIPTION_HEADER,
@@ -46,7 +47,6 @@ from choria_broker_adapters.jetstream.publisher import (
     AckedPublisher,
     PublishOutcome,
     PublishResult,
-    backoff_delay,
     describe_api_error,
     describe_exception,
     header_block_size,
