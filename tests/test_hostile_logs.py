@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from choria_broker_adapters.core.log import ContextLogger, RateLimitedWarning
 from choria_broker_adapters.devtools.natsserver import NatsServer
-from choria_broker_adapters.process.logs import ContextLogger, RateLimitedWarning
 from tests.reliability_support import (
     Runtime,
     adapter_keys,

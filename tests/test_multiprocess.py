@@ -15,6 +15,8 @@ from typing import Any
 import nats
 import pytest
 
+from choria_broker_adapters.adapters.counters import AdapterCounters, Snapshot, WorkerMetrics, merge_snapshots
+from choria_broker_adapters.core.log import adapter_logger
 from choria_broker_adapters.devtools.fleet import REGISTRATION_SUBJECT, fleet
 from choria_broker_adapters.devtools.natsserver import NatsServer, free_port
 from choria_broker_adapters.process import logs
@@ -26,13 +28,7 @@ from choria_broker_adapters.process.multiprocess import (
     restart_delay,
     sum_adapter_states,
 )
-from choria_broker_adapters.process.stats import (
-    AdapterCounters,
-    Metrics,
-    Snapshot,
-    WorkerMetrics,
-    merge_snapshots,
-)
+from choria_broker_adapters.process.stats import Metrics
 from tests.runtime_support import RuntimeProcess, broker_conf, publish_paced, stored_request_ids, wait_until
 
 STREAM = "CHORIA_MULTI"
@@ -146,7 +142,7 @@ def test_log_lines_carry_the_process_index_not_the_pid(index: int | None, expect
     output = io.StringIO()
     try:
         logs.configure("stdout", "info", stream=output, process_index=index)
-        logs.adapter_logger("a").info("hello")
+        adapter_logger("a").info("hello")
     finally:
         logger.handlers[:], logger.propagate, logger.level = saved
     assert expected in output.getvalue()

@@ -15,7 +15,7 @@ import pytest
 
 from choria_broker_adapters.adapters.choria_streams import StreamsAdapter
 from choria_broker_adapters.config.settings import load_settings
-from choria_broker_adapters.process.logs import RateLimitedWarning, adapter_logger
+from choria_broker_adapters.core.log import RateLimitedWarning, adapter_logger
 from choria_broker_adapters.process.stats import Metrics
 from tests.reliability_support import ADAPTER, adapter_keys
 from tests.runtime_support import broker_conf, wait_until

@@ -24,8 +24,8 @@ from typing import Any
 import nats
 import pytest
 
+from choria_broker_adapters.adapters.counters import DROP_REASONS
 from choria_broker_adapters.devtools.natsserver import NatsServer
-from choria_broker_adapters.process.stats import DROP_REASONS
 from tests.reliability_support import (
     ADAPTER,
     Expectation,

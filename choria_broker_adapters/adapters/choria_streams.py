@@ -37,12 +37,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from choria_broker_adapters.adapters.counters import Counters, WorkerMetrics
 from choria_broker_adapters.codec.output import OutputError, encode_output, message_id, output_subject
 from choria_broker_adapters.codec.protocol import DecodeError, Envelope, decode
 from choria_broker_adapters.codec.verify import ENFORCE, OFF, VERIFIED_HEADER, WARN, Verifier
 from choria_broker_adapters.config.settings import AdapterSettings, Settings, load_trust
 from choria_broker_adapters.core.backoff import backoff_delay
 from choria_broker_adapters.core.errors import describe_exception
+from choria_broker_adapters.core.log import RateLimitedWarning, adapter_logger
 from choria_broker_adapters.core.servers import ServerList
 from choria_broker_adapters.jetstream.admin import JetStreamAdminError, jetstream_request, stream_info
 from choria_broker_adapters.jetstream.batch_publisher import BatchPublisher, PublishMode, choose_publish_mode
@@ -54,8 +56,6 @@ from choria_broker_adapters.jetstream.publisher import (
     message_oversize,
     stream_for_subject,
 )
-from choria_broker_adapters.process.logs import RateLimitedWarning, adapter_logger
-from choria_broker_adapters.process.stats import Metrics, WorkerMetrics
 from choria_broker_adapters.transport.connect import (
     EVENT_DISCONNECTED,
     EVENT_ERROR,
@@ -210,7 +210,7 @@ class StreamsAdapter:
         self,
         adapter: AdapterSettings,
         broker: Settings,
-        metrics: Metrics,
+        metrics: Counters,
         *,
         disable_tls: bool = False,
         connect: Connect = connect_with_backoff,

@@ -28,9 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from choria_broker_adapters.adapters.counters import Snapshot
 from choria_broker_adapters.core.backoff import backoff_delay
 from choria_broker_adapters.process.lifecycle import stop_with_parent
-from choria_broker_adapters.process.stats import Metrics, Snapshot
+from choria_broker_adapters.process.stats import Metrics
 
 log = logging.getLogger("choria_broker_adapters.process.runtime")
 

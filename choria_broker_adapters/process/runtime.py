@@ -23,11 +23,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from choria_broker_adapters.adapters.counters import Snapshot
 from choria_broker_adapters.config.settings import Settings
 from choria_broker_adapters.core.adapter_types import adapter_type
 from choria_broker_adapters.process import logs
 from choria_broker_adapters.process.multiprocess import ChildSupervisor, SnapshotReporter, sum_adapter_states
-from choria_broker_adapters.process.stats import Metrics, Snapshot, StatsServer
+from choria_broker_adapters.process.stats import Metrics, StatsServer
 
 log = logging.getLogger("choria_broker_adapters.process.runtime")
 
