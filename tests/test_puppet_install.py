@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     if not SYSTEM_PYTHON.exists():
         pytest.skip("no /usr/bin/python3")
     root = tmp_path_factory.mktemp("install")
-    wheels = {version: build_wheel(root / "wheels", version, root) for version in ("0.1.0", "0.1.1")}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        builds = {
+            version: pool.submit(build_wheel, root / version, version, root) for version in ("0.1.0", "0.1.1")
+        }
+        wheels = {version: build.result() for version, build in builds.items()}
     workdir = root / "site"
     yield Site(workdir, root / "opt" / SERVICE, root / "unit" / f"{SERVICE}.service", root / "calls", wheels)
 
