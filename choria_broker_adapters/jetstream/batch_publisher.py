@@ -17,6 +17,9 @@ describes the protocol as this module relies on it; in short:
   disabled" switches this publisher to per-message acks for good (`AckedPublisher`).
 * When input pauses the batch is ended (end-of-batch commit), so JetStream confirms what is
   held and never forgets an idle batch (it drops one after 10 s without traffic).
+* A batch given up while JetStream was silent (the connection up) may still store what it
+  carried: its inbox is kept for a while, and messages that ran out of budget meanwhile are
+  counted stored if it answers (late), else dropped as uncertain, as `AckedPublisher` does.
 
 JetStream skips duplicates inside a batch without telling: messages are reported ACKED (stored),
 and `duplicates` only counts what a per-message acknowledgement reported.
