@@ -288,8 +288,11 @@ async def test_jetstream_killed_and_restarted_mid_flow_stores_everything_exactly
                 await asyncio.sleep(0.005)
 
     producer = asyncio.create_task(paced_publishing())
-    while publisher.acked < total // 3:
-        await asyncio.sleep(0.01)
+
+    async def a_third_acked() -> bool:
+        return publisher.acked >= total // 3
+
+    await wait_until(a_third_acked, 30, "a third of the messages acknowledged", interval=0.01)
     await asyncio.to_thread(jetstream_server.kill)
     await asyncio.sleep(1.0)
     assert not producer.done()  # the fault really happened mid-flow
@@ -398,6 +401,11 @@ async def test_refused_publishes_are_dropped_as_certain_at_once(jetstream_server
     publisher = AckedPublisher(client, ack_timeout=0.3, retry_budget=0.5, on_result=on_result)
     await publisher.start()
     await asyncio.to_thread(jetstream_server.stop)
+
+    async def disconnected() -> bool:
+        return not client.is_connected
+
+    await wait_until(disconnected, 10, "the client to notice the server is gone")
     await publisher.publish(f"{prefix}.a", b"x", "refused")
     assert await publisher.flush(5) == 0
     assert publisher.unconfirmed == 0

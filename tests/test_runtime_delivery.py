@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -53,7 +55,9 @@ async def subscribed(runtime: RuntimeProcess, count: int = 1) -> None:
     await wait_until(ready, 30, f"{count} ingest subscription(s)")
 
 
-async def wait_stored(js_url: str, count: int, timeout: float = 60) -> list[tuple[str, str]]:
+async def wait_stored(js_url: str, count: int, timeout: float = 60) -> None:
+    """Wait until the stream holds `count` messages (read them once the runtimes have exited,
+    so that a duplicate stored late cannot be missed)."""
     nc = await nats.connect(js_url)
     js = nc.jetstream()
 
@@ -62,10 +66,32 @@ async def wait_stored(js_url: str, count: int, timeout: float = 60) -> list[tupl
 
     try:
         await wait_until(enough, timeout, f"{count} stored messages")
-        await asyncio.sleep(0.5)  # anything beyond the expected count would show up as a duplicate
-        return await stored_request_ids(js, STREAM)
     finally:
         await nc.close()
+
+
+async def all_stored(js_url: str) -> list[tuple[str, str]]:
+    nc = await nats.connect(js_url)
+    try:
+        return await stored_request_ids(nc.jetstream(), STREAM)
+    finally:
+        await nc.close()
+
+
+def received_all(stats_port: int, total: int) -> Callable[[], Awaitable[bool]]:
+    """A wait_until condition: the runtime's /choria/ counts `total` messages received."""
+
+    async def received() -> bool:
+        def fetch() -> int:
+            with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/choria/", timeout=5) as reply:
+                return sum(a["counts"]["received"] for a in json.loads(reply.read())["adapters"])
+
+        try:
+            return await asyncio.to_thread(fetch) == total
+        except OSError:
+            return False
+
+    return received
 
 
 @pytest.fixture
@@ -87,9 +113,10 @@ async def test_two_processes_in_one_queue_group_store_each_message_once(
         await subscribed(second, 2)
         registrations = list(fleet(300, rounds=5))
         await publish_paced(choria.url, REGISTRATION_SUBJECT, [r.payload for r in registrations], rate=3000)
-        stored = await wait_stored(jetstream.url, len(registrations))
-        assert Counter(stored) == Counter((r.sender, r.request_id) for r in registrations)
+        await wait_stored(jetstream.url, len(registrations))
         assert first.terminate() == 0 and second.terminate() == 0
+        stored = await all_stored(jetstream.url)
+        assert Counter(stored) == Counter((r.sender, r.request_id) for r in registrations)
     finally:
         first.close()
         second.close()
@@ -104,6 +131,7 @@ async def test_sigterm_with_a_full_queue_stores_everything_and_exits_0(
 ) -> None:
     choria, jetstream = servers
     config = tmp_path / "broker.conf"
+    stats_port = free_port()
     config.write_text(
         broker_conf(
             middleware=choria.address,
@@ -112,6 +140,7 @@ async def test_sigterm_with_a_full_queue_stores_everything_and_exits_0(
                     jetstream, queue_len=2000, shutdown_grace="60s", **{"stream.ack_timeout": "1s"}
                 )
             },
+            extra=f"plugin.choria.stats_port = {stats_port}\n",
         )
     )
     await create_stream(jetstream)
@@ -121,13 +150,18 @@ async def test_sigterm_with_a_full_queue_stores_everything_and_exits_0(
         jetstream.stop()  # publishing stalls: messages pile up in the queue and the in-flight window
         registrations = list(fleet(400, rounds=3))
         await publish_paced(choria.url, REGISTRATION_SUBJECT, [r.payload for r in registrations])
-        await asyncio.sleep(1)
+        await wait_until(
+            received_all(stats_port, len(registrations)),
+            30,
+            "every message received while JetStream is down",
+        )
         runtime.process.terminate()  # SIGTERM while nothing can be confirmed
-        await asyncio.sleep(2)
+        await wait_until(logged(runtime, "Stopping adapter node_data: draining"), 10, "the drain to start")
         assert runtime.process.poll() is None, "the runtime must wait for the queue within shutdown_grace"
         jetstream.start()
         assert await asyncio.to_thread(runtime.wait, 60) == 0
-        stored = await wait_stored(jetstream.url, len(registrations))
+        await wait_stored(jetstream.url, len(registrations))
+        stored = await all_stored(jetstream.url)
         assert Counter(stored) == Counter((r.sender, r.request_id) for r in registrations)
     finally:
         runtime.close()
@@ -162,11 +196,11 @@ async def test_jetstream_stopped_mid_flow_loses_and_duplicates_nothing(
             await asyncio.to_thread(jetstream.start)
 
         await asyncio.gather(publish_paced(choria.url, REGISTRATION_SUBJECT, payloads, rate=1000), outage())
-        stored = await wait_stored(jetstream.url, len(registrations), timeout=90)
-        counts = Counter(stored)
+        await wait_stored(jetstream.url, len(registrations), timeout=90)
+        assert runtime.terminate() == 0
+        counts = Counter(await all_stored(jetstream.url))
         assert not [key for key, seen in counts.items() if seen > 1], "duplicates stored"
         assert counts == Counter((r.sender, r.request_id) for r in registrations)
-        assert runtime.terminate() == 0
     finally:
         runtime.close()
     assert "Traceback" not in runtime.log_text()
@@ -280,12 +314,12 @@ async def test_an_adapter_that_cannot_connect_does_not_stop_the_others(
         await create_stream(jetstream)
         registrations = list(fleet(50))
         await publish_paced(choria.url, REGISTRATION_SUBJECT, [r.payload for r in registrations])
-        stored = await wait_stored(jetstream.url, len(registrations))
-        assert len(stored) == len(registrations)
+        await wait_stored(jetstream.url, len(registrations))
         await wait_until(
             logged(runtime, f"cannot connect to nats://{dead}"), 20, "the broken adapter's retries"
         )
         assert runtime.terminate() == 0
+        assert len(await all_stored(jetstream.url)) == len(registrations)
     finally:
         runtime.close()
     log = runtime.log_text()

@@ -33,6 +33,7 @@ V1_EXAMPLES = {
     ],
     "reply": ["v1_reply_rpcutil_ping"],
 }
+DUPLICATE_WINDOW = 0.2
 REQUEST_TOPIC, REPLY_TOPIC = "mcollective.broadcast.agent.registration", "choria.reply.>"
 
 
@@ -96,13 +97,33 @@ async def test_examples_and_vectors_arrive_byte_exact_and_discards_are_counted(
     )
     # The examples and vectors share sender and request id, so they would be de-duplicated as
     # retries of one message; a short duplicate window and spaced publishes keep them apart.
-    await add_stream(jetstream.url, "CHORIA_REGISTRATION", ["choria.node_metadata.>"], duplicate_window=0.2)
-    await add_stream(jetstream.url, "CHORIA_REPLIES", ["choria.replies.>"], duplicate_window=0.2)
+    await add_stream(
+        jetstream.url, "CHORIA_REGISTRATION", ["choria.node_metadata.>"], duplicate_window=DUPLICATE_WINDOW
+    )
+    await add_stream(jetstream.url, "CHORIA_REPLIES", ["choria.replies.>"], duplicate_window=DUPLICATE_WINDOW)
     runtime = RuntimeProcess(config, log_path=tmp_path / "runtime.log")
     try:
         # Wait for the ingest subscriptions: core NATS drops what is published before them.
         await wait_until(logged(runtime, "Subscribed to choria.reply.>"), 20, "subscriptions")
         await wait_until(logged(runtime, f"Subscribed to {REQUEST_TOPIC}"), 20, "subscriptions")
+
+        sent = 0
+
+        async def handled_and_window_passed() -> None:
+            """Before the next message: the previous one is stored or counted, and the duplicate
+            window it opened has passed (what is waited for there is time itself)."""
+            await nc.flush()
+
+            async def all_handled() -> bool:
+                metrics = await asyncio.to_thread(scrape, stats_port)
+                received = metric_total(metrics, "choria_adapter_received_msgs", role="input")
+                refused = metric_total(metrics, "choria_adapter_errors", role="input")
+                done = metric_total(metrics, "choria_adapter_published_msgs", role="output")
+                done += metric_total(metrics, "choria_adapter_dropped_msgs", reason="encode")
+                return received + refused == sent and done == received
+
+            await wait_until(all_handled, 20, "the previous message to be stored or counted", interval=0.02)
+            await asyncio.sleep(DUPLICATE_WINDOW)
 
         expected: dict[str, list[tuple[str, bytes]]] = {"CHORIA_REGISTRATION": [], "CHORIA_REPLIES": []}
         input_discards = output_discards = 0
@@ -111,17 +132,20 @@ async def test_examples_and_vectors_arrive_byte_exact_and_discards_are_counted(
             for name in names:
                 wire, _, output = example(name)
                 sender = json.loads(output)["sender"]
-                await asyncio.sleep(0.3)
+                await handled_and_window_passed()
                 if mode == "request":
                     await nc.publish(REQUEST_TOPIC, wire)
+                    sent += 1
                     expected["CHORIA_REGISTRATION"].append((f"choria.node_metadata.{sender}", output))
                 else:
                     await nc.publish("choria.reply.x", wire)
+                    sent += 1
                     expected["CHORIA_REPLIES"].append((f"choria.replies.{sender}", output))
         for vector in (v for v in VECTORS if v["security"] == "x509"):
             request = vector["ingest_protocol"] == "request"
-            await asyncio.sleep(0.3)
+            await handled_and_window_passed()
             await nc.publish(REQUEST_TOPIC if request else "choria.reply.vector", vector["input"].encode())
+            sent += 1
             result = vector["expect"]["result"]
             if result == "publish":
                 output = vector["expect"]["output"].encode()
