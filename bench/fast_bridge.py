@@ -3,8 +3,8 @@ JetStream acknowledgements and Nats-Msg-Id, with many publishes in flight at onc
 
 Acknowledgements are handled here rather than by nats-py: every publish carries a reply
 subject `<inbox prefix>.<token>` and one wildcard subscription on the prefix collects the
-acks (DESIGN.md: ~2x faster than js.publish_async, whose per-message future and semaphore
-wait_for are the visible costs). A full window blocks the ingest callback, so the surplus of
+acks (docs/jetstream.md, Own acknowledgement inbox): no per-message future and semaphore
+wait_for, the visible costs of js.publish_async. A full window blocks the ingest callback, so the surplus of
 a burst waits in the subscription's pending queue, whose limits are raised deliberately.
 An ack with an error body or a status header (e.g. 503 no responders), or no ack within the
 timeout, means publish again with the same Nats-Msg-Id (JetStream drops the duplicate).

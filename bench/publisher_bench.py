@@ -65,7 +65,8 @@ def main() -> None:
             rates = []
             for _ in range(args.repeat):
                 run += 1
-                # A fresh stream per run: deleting and re-creating one is unreliable (DESIGN.md).
+                # A fresh stream per run: deleting and re-creating one is unreliable
+                # (docs/jetstream.md, Re-created streams).
                 rates.append(
                     asyncio.run(
                         run_once(server.url, f"BENCH{run}", args.messages, body, window, args.storage)

@@ -1,4 +1,4 @@
-"""broker.conf line syntax (config/SPEC.md section 1), provenance, plugin.d and warnings."""
+"""broker.conf line syntax (docs/configuration.md, Line syntax), provenance, plugin.d and warnings."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_samples_exist() -> None:
     assert len(SAMPLES) == 3
 
 
-# (line as written, expected raw map) from config/SPEC.md 1.2
+# (line as written, expected raw map): docs/configuration.md, Line syntax
 EDGE_CASES = [
     ("loglevel = info", {"loglevel": "info"}),
     ("loglevel=info", {"loglevel": "info"}),

@@ -133,7 +133,8 @@ async def connect(server: NatsServer) -> Client:
 
 
 async def new_stream(js: JetStreamContext, **config: object) -> tuple[str, str]:
-    """A uniquely named stream (never re-create a deleted name: DESIGN.md pitfall); returns (name, prefix)."""
+    """A uniquely named stream (never re-create a deleted name: docs/jetstream.md, Re-created streams);
+    returns (name, prefix)."""
     name = f"TEST{next(_stream_numbers)}"
     prefix = name.lower()
     await js.add_stream(name=name, subjects=[f"{prefix}.>"], **config)

@@ -1,6 +1,6 @@
 """Output encoding, subject and message id (choria_broker_adapters.codec.output).
 
-Schema validation and the `time` mismatch (SPEC.md 13.4 item 6): the published adapter
+Schema validation and the `time` mismatch (docs/protocol.md, Output schema): the published adapter
 output schemas declare `time` an integer ("Unix time") while Go, and we, write an RFC 3339
 string. Every document is validated twice: against the schema as published, asserting the
 *only* error is at `time` (so the mismatch stays visible and nothing else can fail silently),

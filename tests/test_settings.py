@@ -1,4 +1,5 @@
-"""Typed settings, defaults and every configuration error (config/SPEC.md sections 3-5)."""
+"""Typed settings, defaults and every configuration error (docs/configuration.md, Adapter keys;
+docs/configuration.md, Process keys)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Two parsers produce the same values for every document both accept:
   float, nesting deeper than 1024); the caller then re-decodes the whole message with the
   precise parser (`NeedPrecise`).
 * the **precise** parser is the standard library's `json` with hooks. It reproduces Go's rules
-  (SPEC.md section 5): each invalid UTF-8 byte and each lone surrogate in a string becomes
+  (docs/protocol.md, JSON text): each invalid UTF-8 byte and each lone surrogate in a string becomes
   U+FFFD, `NaN`/`Infinity` literals are refused, numbers that overflow a 64-bit float are
   refused in schema-checked documents (`strict_numbers=True`), objects keep their key/value
   pairs in document order (`GoObject.pairs`) so case-insensitive "last key wins" can be

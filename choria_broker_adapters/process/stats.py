@@ -1,6 +1,6 @@
 """Prometheus metrics with the Go broker's names, and the `/choria/` HTTP endpoint.
 
-Series and labels follow go-choria broker/adapter/stats (docs/metrics.md):
+Series and labels follow go-choria broker/adapter/stats (docs/metrics.md, Series):
 `choria_adapter_{received_msgs,errors,bytes,time}{name="NAME.<i>",role,identity}`,
 `choria_adapter_queue_{length,capacity}{name="NAME",identity}`. Unlike the Go broker,
 `choria_adapter_published_msgs` counts JetStream acknowledgements, and what could not be

@@ -1,6 +1,6 @@
 """Go `encoding/json` struct decoding rules, applied to already parsed JSON values.
 
-SPEC.md section 5: object keys match struct fields case-insensitively (simple Unicode case
+docs/protocol.md, Field rules: object keys match struct fields case-insensitively (simple Unicode case
 folding, so U+017F LONG S matches `s` and the Kelvin sign matches `k`), the last matching key in
 document order wins, unknown keys are ignored; strings accept a string or null; integers
 accept only an integer literal within int64 (or null); []byte fields accept standard padded

@@ -1,4 +1,5 @@
-"""The decoder's result and error types and the Choria protocol identifiers (SPEC.md section 2)."""
+"""The decoder's result and error types and the Choria protocol identifiers
+(docs/protocol.md, Protocol identifiers)."""
 
 from __future__ import annotations
 

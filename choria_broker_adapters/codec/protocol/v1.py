@@ -1,4 +1,4 @@
-"""Protocol version 1 layers (SPEC.md sections 3.3, 4.4-4.6 and 6).
+"""Protocol version 1 layers (docs/protocol.md, Version 1; docs/protocol.md, Schema checks).
 
 Only the transport `data` is base64; the secure layers carry the inner JSON as strings.
 Secure request and request are checked against the rules of go-choria's embedded schemas

@@ -1,4 +1,4 @@
-"""Protocol version 2 layers (SPEC.md sections 3.4, 4.4-4.6 and 6).
+"""Protocol version 2 layers (docs/protocol.md, Version 2; docs/protocol.md, Schema checks).
 
 Every nested layer and the payload are base64. Secure request and request are checked
 against the rules of go-choria's embedded v2 schemas (hand-written), then decoded with Go's
