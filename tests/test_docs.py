@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from choria_broker_adapters.adapters.counters import DROP_REASONS
 from choria_broker_adapters.config.keys import ADAPTER_KEYS, PROCESS_KEYS, AdapterKey, ProcessKey
 from choria_broker_adapters.core.durations import format_duration
 
@@ -86,18 +87,10 @@ def test_section_citations_name_existing_headings() -> None:
     assert not missing, "citations of sections that do not exist:\n" + "\n".join(missing)
 
 
-def _drop_reasons() -> tuple[str, ...]:
-    try:  # where the counters' shape is moving to
-        from choria_broker_adapters.adapters.counters import DROP_REASONS  # type: ignore[import-not-found]
-    except ImportError:
-        from choria_broker_adapters.process.stats import DROP_REASONS
-    return tuple(DROP_REASONS)
-
-
 METRICS = (DOCS / "metrics.md").read_text()
 
 
-@pytest.mark.parametrize("reason", _drop_reasons())
+@pytest.mark.parametrize("reason", DROP_REASONS)
 def test_every_drop_reason_is_explained(reason: str) -> None:
     _row(_section(METRICS, "Drop reasons"), reason)
 
