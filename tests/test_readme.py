@@ -31,3 +31,16 @@ def test_the_two_commands_come_first() -> None:
     head = README.split("## Contents")[0]
     assert "scripts/demo" in head and "scripts/test" in head
     assert "exec scripts/test" in (Path(__file__).parent.parent / ".ci" / "run").read_text()
+
+
+def test_the_puppet_parity_data_set_count_is_the_tests_own() -> None:
+    """The README's number of data sets compared with real `puppet apply` comes from the table."""
+    import re
+
+    from tests.test_puppet_render import DATA, VALID_CASES
+
+    documented = re.search(r"real `puppet apply` on (\d+)\s+data sets", README)
+    assert documented is not None
+    data_sets = {name for name, _ in VALID_CASES}
+    assert data_sets == {path.stem for path in DATA.glob("*.yaml")}
+    assert int(documented[1]) == len(data_sets)
