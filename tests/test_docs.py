@@ -1,6 +1,7 @@
 """The documents in docs/ keep up with the code: every key of the key table is in
-docs/configuration.md with its default, and every `docs/X.md, Section` citation in the code
-names a heading that exists."""
+docs/configuration.md with its default, every drop reason and exported series is in
+docs/metrics.md, and every citation of a section of a document in docs/ names a heading that
+exists."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _headings(document: Path) -> set[str]:
 
 
 def _section_citations() -> list[tuple[str, str, str]]:
-    """(file:line, document, section) for every `docs/X.md, Section` in code and tests."""
+    """(file:line, document, section) for every "docs/<document>, <Section>" in code and tests."""
     found = []
     pattern = re.compile(r"docs/([a-z0-9-]+\.md), ([A-Z][A-Za-z0-9 /'-]*[A-Za-z0-9])")
     for folder in ("choria_broker_adapters", "tests", "bench"):
@@ -78,7 +79,7 @@ def _section_citations() -> list[tuple[str, str, str]]:
 
 def test_section_citations_name_existing_headings() -> None:
     citations = _section_citations()
-    assert citations, "no `docs/X.md, Section` citation found: the pattern no longer matches"
+    assert citations, "no section citation found: the pattern no longer matches"
     missing = [
         f"{where}: docs/{document}, {section}"
         for where, document, section in citations
