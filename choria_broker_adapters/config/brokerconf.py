@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from choria_broker_adapters.core.secrets import preview
+
 MAX_LINE_BYTES = 65_535
 BOM = "\ufeff"
 
@@ -164,12 +166,7 @@ def _unparsable_line(stripped: str, source: Source) -> Problem:
         return Problem("empty value: the key is treated as absent and its default applies", source, key)
     if stripped.startswith(";"):
         return Problem("';' does not start a comment in broker.conf (use '#'); line ignored", source)
-    return Problem(f"not a 'key = value' line, ignored: {_preview(stripped)}", source)
-
-
-def _preview(text: str, limit: int = 60) -> str:
-    shown = text if len(text) <= limit else text[:limit] + "…"
-    return repr(shown)
+    return Problem(f"not a 'key = value' line, ignored: {preview(stripped)}", source)
 
 
 def plugin_d_files(main_file: Path) -> tuple[list[Path], list[Problem]]:
