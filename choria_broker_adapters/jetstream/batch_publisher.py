@@ -173,6 +173,7 @@ class _Batch:
         "reply_prefix",
         "sent",
         "state",
+        "subject",
         "subscription",
     )
 
@@ -188,6 +189,7 @@ class _Batch:
         self.quiet_since = now  # since when a reply is awaited without one arriving
         self.pinged = False
         self.last_seq = 0  # highest sequence of a message sent in this batch
+        self.subject = ""  # of its first message: control messages go there
         self.late_commit = False  # ended by us after it was given up (see _on_late_reply)
 
 
@@ -261,7 +263,6 @@ class BatchPublisher:
         self.batch_failures = 0  # batches ended by a gap, an error, silence or a disconnect
         self.fallback_reason: str | None = None
         self.last_failure: str | None = None  # why the last batch ended without confirming
-        self._last_subject = ""  # where control messages go when nothing is held
         self._acked = 0
         self._retries = 0
         self._dropped = 0
@@ -441,6 +442,7 @@ class BatchPublisher:
         batch.sent += 1
         seq = batch.base + batch.sent
         batch.last_seq = seq
+        batch.subject = batch.subject or entry.subject
         entry.sent_in.append((batch, seq))
         if batch.sent == 1 and batch.base == 0:
             op = OP_START
@@ -489,7 +491,10 @@ class BatchPublisher:
         if not self._nc.is_connected:
             self._fail(batch, "not connected to NATS")
             return
-        subject = self._held[0].subject if self._held else self._last_subject
+        # A batch belongs to one stream: control messages go where its messages went.
+        subject = batch.subject
+        if not subject:
+            return
         try:
             await self._nc.publish(subject, b"", reply=f"{batch.reply_prefix}{seq}.{op}.$FI")
         except Exception as exc:
@@ -612,7 +617,6 @@ class BatchPublisher:
                         self._acked += 1
                     if on_result is not None:
                         on_result(PublishResult(entry.subject, entry.msg_id, outcome, entry.attempts))
-                self._last_subject = entry.subject
         except Exception:
             log.exception("publisher %s: result callback failed", self.name)
         batch.base += count
