@@ -11,13 +11,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from choria_broker_adapters.config.brokerconf import RawConfig, parse_text
-from choria_broker_adapters.config.settings import (
-    ConfigError,
-    Settings,
-    build_settings,
-    load_settings,
-    tls_problems,
-)
+from choria_broker_adapters.config.settings import ConfigError, Settings, build_settings, load_settings
+from choria_broker_adapters.config.trust import tls_problems
 from choria_broker_adapters.core.choices import protocol_version_for
 from choria_broker_adapters.core.durations import parse_duration
 

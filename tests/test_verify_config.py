@@ -9,7 +9,8 @@ import pytest
 
 from choria_broker_adapters.cli import EXIT_CONFIG, main
 from choria_broker_adapters.config.brokerconf import RawConfig, parse_text
-from choria_broker_adapters.config.settings import ConfigError, Settings, build_settings, load_trust
+from choria_broker_adapters.config.settings import ConfigError, Settings, build_settings
+from choria_broker_adapters.config.trust import load_trust
 from tests import verify_support as vs
 
 EXAMPLES = Path(__file__).parent / "data" / "protocol" / "examples"

@@ -41,7 +41,8 @@ from choria_broker_adapters.adapters.counters import Counters, WorkerMetrics
 from choria_broker_adapters.codec.output import OutputError, encode_output, message_id, output_subject
 from choria_broker_adapters.codec.protocol import DecodeError, Envelope, decode
 from choria_broker_adapters.codec.verify import ENFORCE, OFF, VERIFIED_HEADER, WARN, Verifier
-from choria_broker_adapters.config.settings import AdapterSettings, Settings, load_trust
+from choria_broker_adapters.config.settings import AdapterSettings, Settings
+from choria_broker_adapters.config.trust import load_trust
 from choria_broker_adapters.core.backoff import backoff_delay
 from choria_broker_adapters.core.errors import describe_exception
 from choria_broker_adapters.core.log import RateLimitedWarning, adapter_logger

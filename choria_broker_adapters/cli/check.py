@@ -9,13 +9,8 @@ from typing import Any
 
 from choria_broker_adapters.config.brokerconf import Problem
 from choria_broker_adapters.config.keys import is_duration_key
-from choria_broker_adapters.config.settings import (
-    ConfigError,
-    Settings,
-    load_settings,
-    tls_problems,
-    verify_problems,
-)
+from choria_broker_adapters.config.settings import ConfigError, Settings, load_settings
+from choria_broker_adapters.config.trust import tls_problems, verify_problems
 from choria_broker_adapters.core.durations import format_duration
 from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_OK
 

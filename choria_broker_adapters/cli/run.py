@@ -8,7 +8,8 @@ import logging
 import sys
 
 from choria_broker_adapters.cli import load_settings_or_report
-from choria_broker_adapters.config.settings import ConfigError, Settings, tls_problems, verify_problems
+from choria_broker_adapters.config.settings import ConfigError, Settings
+from choria_broker_adapters.config.trust import tls_problems, verify_problems
 from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from choria_broker_adapters.process import logs
 from choria_broker_adapters.process.multiprocess import parse_child, parse_processes

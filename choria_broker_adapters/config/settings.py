@@ -18,22 +18,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import voluptuous as vol
-
 from choria_broker_adapters.codec.verify import (
     OFF,
-    Trust,
     TrustError,
-    load_ca_bundle,
     parse_issuers,
 )
 from choria_broker_adapters.config.brokerconf import Problem, RawConfig, RawOption, Source, read_config
+from choria_broker_adapters.config.builder import DEFAULT, Builder, ConfigError
 from choria_broker_adapters.config.keys import (
     ADAPTER_KEYS,
     ADAPTER_PREFIX,
     ADAPTERS_KEY,
     KNOWN_SUFFIXES,
-    MIDDLEWARE_KEYS,
     PROCESS_KEYS,
 )
 from choria_broker_adapters.config.validators import did_you_mean, validate_each
@@ -44,7 +40,6 @@ from choria_broker_adapters.core.names import ADAPTER_NAME, ADAPTER_NAME_EXPECTE
 from choria_broker_adapters.core.servers import ServerList
 from choria_broker_adapters.core.subjects import derivation_problem, derive_subjects
 
-DEFAULT = "default"
 SECRET_MASK = "********"
 ISSUER_NAMES_KEY = "plugin.security.issuer.names"
 
@@ -54,7 +49,6 @@ def issuer_public_key(name: str) -> str:
 
 
 _ADAPTER_SCHEMA = {key.suffix: key.validate for key in ADAPTER_KEYS}
-_PROCESS_SCHEMA = {key.key: key.validate for key in PROCESS_KEYS} | MIDDLEWARE_KEYS
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,72 +200,6 @@ class Settings:
         return rows
 
 
-class ConfigError(Exception):
-    """The configuration is invalid; `issues` lists every problem, each with file, line and key."""
-
-    def __init__(
-        self, config_file: str, issues: list[Problem], warnings: list[Problem] | None = None
-    ) -> None:
-        self.config_file = config_file
-        self.issues = issues
-        self.warnings = warnings or []
-        count = len(issues)
-        lines = [f"{config_file}: {count} configuration error{'s' if count != 1 else ''}:"]
-        lines += [f"  {issue}" for issue in issues]
-        super().__init__("\n".join(lines))
-
-
-# ---------------------------------------------------------------------------------------------
-# Building
-# ---------------------------------------------------------------------------------------------
-
-
-class _Builder:
-    """Collects errors, warnings and provenance while reading one RawConfig."""
-
-    def __init__(self, raw: RawConfig, config_file: str, environ: Mapping[str, str]) -> None:
-        self.raw = raw
-        self.config_file = config_file
-        self.environ = environ
-        self.errors: list[Problem] = []
-        self.warnings: list[Problem] = list(raw.warnings)
-        self.sources: dict[str, str] = {}
-
-    def file_source(self) -> Source:
-        return Source(self.config_file, 0)
-
-    def error(self, message: str, key: str, option: RawOption | None = None) -> None:
-        self.errors.append(Problem(message, option.source if option else self.file_source(), key))
-
-    def warn(self, message: str, key: str | None, option: RawOption | None = None) -> None:
-        self.warnings.append(Problem(message, option.source if option else self.file_source(), key))
-
-    def invalid(self, errors: list[vol.Invalid], options: Mapping[str, RawOption], prefix: str = "") -> None:
-        for error in errors:
-            name = str(error.path[0]) if error.path else ""
-            self.error(error.msg, f"{prefix}{name}", options.get(name))
-
-    def process_values(self) -> dict[str, Any]:
-        """Every process key validated by one schema; environment overrides applied (as the Go
-        broker does, a variable wins only when its key is in a file)."""
-        texts: dict[str, Any] = {}
-        for name in _PROCESS_SCHEMA:
-            option = self.raw.get(name)
-            if option is None:
-                self.sources[name] = DEFAULT
-                continue
-            key = next((k for k in PROCESS_KEYS if k.key == name), None)
-            if key is not None and key.env and self.environ.get(key.env):
-                texts[name] = self.environ[key.env]
-                self.sources[name] = f"environment {key.env} (key at {option.source})"
-            else:
-                texts[name] = option.value
-                self.sources[name] = str(option.source)
-        values, errors = validate_each(_PROCESS_SCHEMA, texts)
-        self.invalid(errors, self.raw.options)
-        return values
-
-
 def build_settings(
     raw: RawConfig,
     *,
@@ -282,7 +210,7 @@ def build_settings(
 ) -> Settings:
     """Validate raw options into Settings, or raise ConfigError listing every problem. Pure."""
     env = dict(environ or {})
-    build = _Builder(raw, config_file, env)
+    build = Builder(raw, config_file, env)
     values = build.process_values()
     typed = {key.attribute: values.get(key.key, key.default) for key in PROCESS_KEYS}
     if not typed["identity"]:
@@ -319,7 +247,7 @@ def build_settings(
     return replace(settings, warnings=tuple(build.warnings))
 
 
-def _issuers(build: _Builder) -> dict[str, str]:
+def _issuers(build: Builder) -> dict[str, str]:
     """plugin.security.issuer.names and each named issuer's .public key, validated."""
     option = build.raw.get(ISSUER_NAMES_KEY)
     if option is None:
@@ -355,7 +283,7 @@ def _issuers(build: _Builder) -> dict[str, str]:
     return issuers
 
 
-def _check_verification(build: _Builder, settings: Settings) -> None:
+def _check_verification(build: Builder, settings: Settings) -> None:
     """Verification needs trust material the provider can use (its files are checked by
     verify_problems, at the edge)."""
     for adapter in settings.adapters.values():
@@ -379,54 +307,7 @@ def _check_verification(build: _Builder, settings: Settings) -> None:
             )
 
 
-def _ca_trust(settings: Settings, adapter: AdapterSettings) -> tuple[Trust | None, str, str]:
-    """(the trust, or None with why not, and the key that names the CA bundle)."""
-    path, key = settings.verify_ca(adapter)
-    if not path:
-        return None, f"no CA bundle for ingest.verify; set {adapter.key('ingest.verify_ca')} = <file>", key
-    try:
-        return Trust(ca=load_ca_bundle(path)), "", key
-    except TrustError as error:
-        return None, f"CA bundle for {adapter.key('ingest.verify')}: {error.reason}", key
-
-
-def load_trust(settings: Settings, adapter: AdapterSettings) -> Trust:
-    """The trust material one verifying adapter checks messages against (reads the CA bundle).
-    Raises TrustError naming the key."""
-    if settings.protocol_version == 2:
-        return Trust(issuers=parse_issuers(settings.issuers))
-    trust, problem, key = _ca_trust(settings, adapter)
-    if trust is None:
-        raise TrustError(f"{key}: {problem}")
-    return trust
-
-
-def verify_problems(settings: Settings) -> list[Problem]:
-    """Trust material that verifying adapters cannot load (I/O: reads the CA bundles)."""
-    problems = []
-    for adapter in settings.adapters.values():
-        if adapter.ingest_verify == OFF or settings.protocol_version == 2:
-            continue
-        trust, problem, key = _ca_trust(settings, adapter)
-        if trust is None:
-            if key.startswith(ADAPTER_PREFIX):
-                source = adapter.sources.get("ingest.verify_ca")
-            else:
-                source = settings.sources.get(key)
-            problems.append(Problem(problem, _source_from_text(settings.config_file, source), key))
-    return problems
-
-
-def _source_from_text(config_file: str, text: str | None) -> Source:
-    """A Source from its "file:line" text (as kept in `sources`), else the file itself."""
-    if text and ":" in text:
-        path, _, line = text.rpartition(":")
-        if line.isdigit():
-            return Source(path, int(line))
-    return Source(config_file, 0)
-
-
-def _middleware(build: _Builder, values: Mapping[str, Any]) -> tuple[ServerList, str]:
+def _middleware(build: Builder, values: Mapping[str, Any]) -> tuple[ServerList, str]:
     """The Choria network servers, in the Go broker's resolution order (docs/configuration.md)."""
     raw = build.raw
     collectives = raw.get("plugin.choria.federation.collectives")
@@ -468,7 +349,7 @@ def _middleware(build: _Builder, values: Mapping[str, Any]) -> tuple[ServerList,
     return ServerList(["nats://puppet:4222"]), "default (Go fallback puppet:4222)"
 
 
-def _adapters(build: _Builder, middleware: ServerList) -> dict[str, AdapterSettings]:
+def _adapters(build: Builder, middleware: ServerList) -> dict[str, AdapterSettings]:
     raw = build.raw
     listing = raw.get(ADAPTERS_KEY)
     names: list[str] = []
@@ -508,7 +389,7 @@ def _adapters(build: _Builder, middleware: ServerList) -> dict[str, AdapterSetti
 
 
 def _adapter(
-    build: _Builder, name: str, listing: RawOption | None, middleware: ServerList
+    build: Builder, name: str, listing: RawOption | None, middleware: ServerList
 ) -> AdapterSettings | None:
     prefix = f"{ADAPTER_PREFIX}{name}."
     options = {
@@ -588,7 +469,7 @@ def _adapter(
 
 
 def _adapter_type(
-    build: _Builder,
+    build: Builder,
     name: str,
     options: Mapping[str, RawOption],
     listing: RawOption | None,
@@ -681,29 +562,3 @@ def load_settings(path: str | os.PathLike[str], *, environ: Mapping[str, str] | 
         default_identity=default_identity() if raw.get("identity") is None else "",
         default_ssldir=default_ssldir(),
     )
-
-
-def tls_problems(settings: Settings) -> list[Problem]:
-    """Missing TLS files for the configured security provider (I/O: looks at the file system)."""
-    problems = []
-    for role, (path, key) in settings.tls_files().items():
-        # The choria provider's files are needed only for TLS, so a protocol v2 set-up run with
-        # --disable-tls may leave them out; the file provider's are required outright.
-        if not path and settings.security_provider == "choria":
-            problems.append(
-                Problem(
-                    f"the choria security provider needs the TLS {role}: set {key} = <path> "
-                    "(needed unless --disable-tls)",
-                    Source(settings.config_file, 0),
-                    key,
-                )
-            )
-        elif path and not Path(path).is_file():
-            problems.append(
-                Problem(
-                    f"TLS {role} {path} does not exist (needed unless --disable-tls)",
-                    Source(settings.config_file, 0),
-                    key,
-                )
-            )
-    return problems
