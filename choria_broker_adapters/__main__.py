@@ -1,5 +1,8 @@
 import sys
 
-from choria_broker_adapters.cli import main
+try:
+    from choria_broker_adapters.cli import main
+except KeyboardInterrupt:  # Ctrl-C before the command line could take the signals over
+    sys.exit(130)
 
 sys.exit(main())

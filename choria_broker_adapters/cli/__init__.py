@@ -85,12 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+    from choria_broker_adapters.process.lifecycle import stop_signals
+
+    # Until `run` has its event loop handlers (importing the commands alone takes a while),
+    # SIGTERM/SIGINT are recorded: `run` then stops at once, other commands exit 130.
+    stop_signals.received = None
+    stop_signals.install()
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "command", None) != "run":
+            stop_signals.restore_defaults()
+            if stop_signals.received:
+                return 130
+        if not getattr(args, "handler", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
         return int(args.handler(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -108,13 +108,22 @@ def run(args: argparse.Namespace) -> int:
         for warning in settings.warnings:
             log.warning("Configuration: %s", warning)
 
+    from choria_broker_adapters.process.lifecycle import stop_signals
     from choria_broker_adapters.process.multiprocess import ChildSupervisor, SnapshotReporter
-    from choria_broker_adapters.process.runtime import Runtime, remove_pid_file, write_pid_file
+    from choria_broker_adapters.process.runtime import (
+        Runtime,
+        StartupError,
+        remove_pid_file,
+        write_pid_file,
+    )
     from choria_broker_adapters.process.stats import Metrics
 
     if args.child:
         runtime = Runtime(settings, disable_tls=args.disable_tls, reporter=SnapshotReporter(*args.child))
-        return EXIT_OK if _event_loop_runner()(runtime.run()) else EXIT_FAILURE
+        try:
+            return EXIT_OK if _event_loop_runner()(runtime.run()) else EXIT_FAILURE
+        finally:
+            stop_signals.ignore()
 
     async def run_runtime() -> bool:
         # Built inside the event loop: the supervisor and runtime use it.
@@ -132,13 +141,22 @@ def run(args: argparse.Namespace) -> int:
         )
         return await runtime.run()
 
-    if args.pid:
-        write_pid_file(args.pid)
+    if stop_signals.received:
+        log.info("Stopping before start: received %s", stop_signals.received)
+        return EXIT_OK
     try:
-        clean = _event_loop_runner()(run_runtime())
-    finally:
         if args.pid:
-            remove_pid_file(args.pid)
+            write_pid_file(args.pid)
+        try:
+            clean = _event_loop_runner()(run_runtime())
+        finally:
+            stop_signals.ignore()  # stopped: what remains is exiting
+            if args.pid:
+                remove_pid_file(args.pid)
+    except StartupError as error:
+        log.error("Cannot start: %s", error)
+        print(f"{settings.config_file}: cannot start: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK if clean else EXIT_FAILURE
 
 

@@ -18,3 +18,44 @@ def stop_with_parent() -> None:
         pr_set_pdeathsig = 1
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class StopSignals:
+    """SIGTERM and SIGINT recorded instead of killing the process or raising KeyboardInterrupt.
+
+    Installed first thing by the command line and again when the runtime's event loop gives
+    its own handlers back: a signal while Python is still importing or loading settings, or a
+    second one while the process finishes stopping, then never ends it with a traceback or
+    death by the signal. The runtime checks `received` when it starts and stops at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: nothing to install
+                signal.signal(sig, self._record)
+
+    def restore_defaults(self) -> None:
+        """Give commands other than `run` the ordinary behaviour (Ctrl-C interrupts them)."""
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def ignore(self) -> None:
+        """Ignore them for the rest of the process (it is exiting): Python resets its own
+        handlers to the default actions while it finalises, which a late SIGTERM would kill."""
+        for sig in self.SIGNALS:
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, signal.SIG_IGN)
+
+    def _record(self, signum: int, _frame: object) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+
+
+# One per process: the command line installs it, the runtime reads and reinstalls it.
+stop_signals = StopSignals()

@@ -27,6 +27,7 @@ from choria_broker_adapters.adapters.counters import Snapshot
 from choria_broker_adapters.config.settings import Settings
 from choria_broker_adapters.core.adapter_types import adapter_type
 from choria_broker_adapters.process import logs
+from choria_broker_adapters.process.lifecycle import stop_signals
 from choria_broker_adapters.process.multiprocess import ChildSupervisor, SnapshotReporter, sum_adapter_states
 from choria_broker_adapters.process.stats import Metrics, StatsServer
 
@@ -123,14 +124,24 @@ class Runtime:
         loop.add_signal_handler(signal.SIGHUP, self.reopen_logs)
         for sig in STATUS_SIGNALS:
             loop.add_signal_handler(sig, self.log_status, sig)
+        if stop_signals.received:
+            self.request_stop(f"received {stop_signals.received} while starting")
         children_clean = True
         try:
             # A child (with a reporter) serves no statistics: the parent serves every process's.
             if self.settings.stats_port > 0 and self.reporter is None:
-                self.stats_server = StatsServer(
+                stats_server = StatsServer(
                     self.metrics, self.settings.stats_address, self.settings.stats_port, self.status
                 )
-                await self.stats_server.start()
+                try:
+                    await stats_server.start()
+                except OSError as error:
+                    raise StartupError(
+                        f"cannot serve statistics on {self.settings.stats_address}:"
+                        f"{self.settings.stats_port} (plugin.choria.stats_address/stats_port): "
+                        f"{error.strerror or error}"
+                    ) from None
+                self.stats_server = stats_server
             elif self.reporter is None:
                 log.info("Statistics gathering disabled, set plugin.choria.stats_port")
             if self.children is not None:
@@ -154,6 +165,9 @@ class Runtime:
         finally:
             for sig in (*STOP_SIGNALS, signal.SIGHUP, *STATUS_SIGNALS):
                 loop.remove_signal_handler(sig)
+            # The loop put the default actions back: a further SIGTERM while this process
+            # finishes stopping would kill it, so it is only recorded from here on.
+            stop_signals.install()
             if self.stats_server:
                 await self.stats_server.close()
         log.info("All adapters stopped")
@@ -192,10 +206,58 @@ def _malloc_trim() -> Any:
         return None
 
 
+class StartupError(RuntimeError):
+    """The runtime cannot start (statistics port taken, pid file unusable): exit 78, no traceback."""
+
+
 def write_pid_file(path: str) -> None:
-    Path(path).write_text(f"{os.getpid()}\n")
+    """Claim the pid file, refusing when it names another live adapter process."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise StartupError(f"cannot write the pid file {path}: directory {target.parent} does not exist")
+    other = _pid_in(target)
+    if other is not None and other != os.getpid() and _is_live_adapter(other):
+        raise StartupError(
+            f"the pid file {path} names process {other}, which is still running: another instance "
+            f"is using it (stop that one first, or remove the file if process {other} is not an adapter)"
+        )
+    temporary = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        temporary.write_text(f"{os.getpid()}\n")
+        temporary.replace(target)  # whole or not at all: a reader never sees a partial pid
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise StartupError(f"cannot write the pid file {path}: {error.strerror or error}") from None
 
 
 def remove_pid_file(path: str) -> None:
+    """Remove the pid file, unless another process has claimed it since."""
+    target = Path(path)
+    if _pid_in(target) not in (None, os.getpid()):
+        return
     with contextlib.suppress(FileNotFoundError):
-        Path(path).unlink()
+        target.unlink()
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except (FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _is_live_adapter(pid: int) -> bool:
+    """Whether `pid` runs, and (where /proc tells) is this program rather than a reused pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"choria_broker_adapters" in command or b"choria-broker-adapters" in command

@@ -449,6 +449,12 @@ async def _first_of(
         await asyncio.wait(
             [connect_task, *event_tasks], timeout=deadline, return_when=asyncio.FIRST_COMPLETED
         )
+    except asyncio.CancelledError:
+        # The worker is stopping: the attempt is abandoned, and its outcome (often "no servers")
+        # retrieved so that asyncio does not report it as an exception nobody looked at.
+        connect_task.cancel()
+        connect_task.add_done_callback(_retrieve)
+        raise
     finally:
         for task in event_tasks:
             task.cancel()
@@ -459,6 +465,11 @@ async def _first_of(
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await connect_task
     return False
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _is_generic(exc: BaseException) -> bool:
