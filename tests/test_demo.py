@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 
 from choria_broker_adapters.config.settings import load_settings
-from choria_broker_adapters.devtools.demo import (
+from choria_broker_adapters.core.exits import EXIT_INTERRUPTED
+from choria_broker_adapters.devtools.demo import demo_broker_conf
+from choria_broker_adapters.devtools.demo_report import (
     ADAPTER_NAME,
-    EXIT_INTERRUPTED,
     Counts,
     DemoOptions,
     DemoReport,
     Progress,
-    demo_broker_conf,
     pretty_json,
     progress_text,
     summary_text,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
@@ -12,6 +11,7 @@ from choria_broker_adapters.config.settings import ConfigError, Settings
 from choria_broker_adapters.config.trust import tls_problems, verify_problems
 from choria_broker_adapters.core.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from choria_broker_adapters.process import logs
+from choria_broker_adapters.process.lifecycle import event_loop_runner
 from choria_broker_adapters.process.multiprocess import parse_child, parse_processes
 
 NAME = "run"
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.child:
         runtime = Runtime(settings, disable_tls=args.disable_tls, reporter=SnapshotReporter(*args.child))
         try:
-            return EXIT_OK if _event_loop_runner()(runtime.run()) else EXIT_FAILURE
+            return EXIT_OK if event_loop_runner()(runtime.run()) else EXIT_FAILURE
         finally:
             stop_signals.ignore()
 
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         if args.pid:
             write_pid_file(args.pid)
         try:
-            clean = _event_loop_runner()(run_runtime())
+            clean = event_loop_runner()(run_runtime())
         finally:
             stop_signals.ignore()  # stopped: what remains is exiting
             if args.pid:
@@ -181,12 +181,3 @@ def _connection_problem(settings: Settings, *, disable_tls: bool) -> str | None:
     except ConnectConfigError as error:
         return str(error)
     return None
-
-
-def _event_loop_runner():  # type: ignore[no-untyped-def]
-    """uvloop when installed (the `fast` extra), else the stdlib loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run

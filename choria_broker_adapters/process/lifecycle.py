@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def stop_with_parent() -> None:
@@ -59,3 +62,12 @@ class StopSignals:
 
 # One per process: the command line installs it, the runtime reads and reinstalls it.
 stop_signals = StopSignals()
+
+
+def event_loop_runner() -> Callable[[Any], Any]:
+    """uvloop's `run` when installed (the `fast` extra), else `asyncio.run`."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run  # type: ignore[no-any-return]
