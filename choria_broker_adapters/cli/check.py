@@ -53,11 +53,30 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  warning: {warning}", file=sys.stderr)
         return EXIT_CONFIG
     notes = [] if args.disable_tls else tls_problems(settings)
+    notes += _descriptor_notes(settings)
     if args.json:
         print(json.dumps(_document(settings, notes), indent=2))
     else:
         _print_text(settings, notes)
     return EXIT_OK
+
+
+def _descriptor_notes(settings: Settings) -> list[Problem]:
+    """The open-files limit of this shell against the connections the adapters need.
+
+    A warning, not an error: a service runs under its unit's LimitNOFILE, not this shell's.
+    `run` raises the soft limit up to the hard one, and refuses to start beyond that."""
+    from choria_broker_adapters.process.limits import current_limit, descriptor_need, limit_verdict
+
+    verdict = limit_verdict(descriptor_need(settings), *current_limit())
+    if verdict.fits:
+        return []
+    prefix = (
+        "here the configuration "
+        if verdict.can_raise
+        else "run would refuse to start here: the configuration "
+    )
+    return [Problem(prefix + verdict.message, key="plugin.choria.adapters")]
 
 
 def _json_value(value: Any) -> Any:

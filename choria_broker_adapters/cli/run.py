@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     if connection_problem:
         print(f"{settings.config_file}: {connection_problem}", file=sys.stderr)
         return EXIT_CONFIG
+    descriptors = _descriptor_problem(settings)
+    if descriptors:
+        print(f"{settings.config_file}: {descriptors}", file=sys.stderr)
+        return EXIT_CONFIG
     child_index = args.child[0] if args.child else None
     multiprocess = child_index is None and args.processes > 1
     logs.configure(
@@ -158,6 +162,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"{settings.config_file}: cannot start: {error}", file=sys.stderr)
         return EXIT_CONFIG
     return EXIT_OK if clean else EXIT_FAILURE
+
+
+def _descriptor_problem(settings: Settings) -> str | None:
+    """Refuse a configuration the open-files limit cannot hold; raise the soft limit if that helps."""
+    from choria_broker_adapters.process.limits import (
+        current_limit,
+        descriptor_need,
+        limit_verdict,
+        raise_soft_limit,
+    )
+
+    soft, hard = current_limit()
+    verdict = limit_verdict(descriptor_need(settings), soft, hard)
+    if verdict.fits:
+        return None
+    if verdict.can_raise:
+        try:
+            raise_soft_limit()
+        except (ValueError, OSError) as error:
+            return f"the configuration {verdict.message}, but raising it failed: {error}"
+        return None
+    return f"the configuration {verdict.message}"
 
 
 def _child_arguments(args: argparse.Namespace) -> list[str]:
