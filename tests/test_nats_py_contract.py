@@ -16,7 +16,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from choria_broker_adapters.adapters.choria_streams import stop_interest_keep_handling
+from choria_broker_adapters.adapters.work import stop_interest_keep_handling
 from choria_broker_adapters.devtools.natsserver import NatsServer
 from tests.runtime_support import wait_until
 
