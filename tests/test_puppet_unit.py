@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from choria_broker_adapters.config.settings import load_settings
+from choria_broker_adapters.process.limits import descriptor_need
 from tests.test_puppet_render import REPO, puppet_apply
 
 pytestmark = [
@@ -92,6 +94,9 @@ def test_the_unit_runs_the_checkout_and_may_write_only_its_log_and_pid_files(uni
         f"ReadWritePaths={root}/run",
     ]
     assert "\nLimitNOFILE=1044\n" in text  # 1024 + 10 ingest + 10 stream connections
+    # The runtime's own count of what the file Puppet wrote needs fits that limit.
+    need = descriptor_need(load_settings(root / "site" / "broker.conf", environ={}))
+    assert (need.connections, need.total <= 1044) == (20, True)
 
 
 def test_systemd_analyze_verify_accepts_the_unit(unit_file: Path) -> None:
