@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import nats
 import pytest
 from nats.js.api import DiscardPolicy
 
@@ -181,3 +182,59 @@ async def test_a_message_over_the_stream_max_msg_size_is_rejected_at_once(
     assert (counts["stored"], counts["dropped_rejected"], counts["retries"]) == (30, 20, 0)
     assert sorted(await stored_ids(jetstream.url, STREAM)) == sorted(ids(small))
     assert "message size exceeds maximum allowed" in runtime.process.log_text()
+
+
+async def create_batched_stream(url: str, **limits: object) -> None:
+    nc = await nats.connect(url)
+    try:
+        config = {
+            "name": STREAM,
+            "subjects": ["choria.node_metadata.>"],
+            "retention": "limits",
+            "storage": "file",
+            "num_replicas": 1,
+            "allow_batched": True,
+            **limits,
+        }
+        reply = await nc.request(f"$JS.API.STREAM.CREATE.{STREAM}", json.dumps(config).encode(), timeout=5)
+        assert b'"error"' not in reply.data, reply.data
+    finally:
+        await nc.close()
+
+
+async def test_a_full_stream_refuses_batched_publishes_at_once_too(
+    nats_server_factory: Callable[..., NatsServer], tmp_path: Path, runtimes: list[Runtime]
+) -> None:
+    """Fast-ingest batches: JetStream names the message it refused; only that one is dropped."""
+    capacity, sent = 100, 400
+    choria = nats_server_factory(jetstream=False)
+    jetstream = nats_server_factory(jetstream=True)
+    await create_batched_stream(jetstream.url, max_msgs=capacity, discard="new")
+    runtime = start_runtime(
+        tmp_path,
+        "fullbatch",
+        middleware=choria.address,
+        adapter=adapter_keys(
+            jetstream.address, stream__workers=2, stream__retry_budget=30, stream__publish="batched"
+        ),
+    )
+    runtimes.append(runtime)
+    await runtime.wait_subscribed(4)
+    messages = small_fleet(sent, tag="fullbatch")
+    started = time.monotonic()
+    await publish(choria.url, payloads(messages), rate=2000)
+
+    async def settled() -> bool:
+        counts = await runtime.counts()
+        return counts["stored"] + counts["dropped_stream_full"] == sent
+
+    await wait_until(settled, 15, "every message stored or dropped as stream_full")
+    elapsed = time.monotonic() - started
+    counts = await runtime.counts()
+    stored = await stored_ids(jetstream.url, STREAM)
+    assert counts["stored"] == capacity
+    assert counts["dropped_stream_full"] == sent - capacity
+    assert counts["dropped_publish"] == counts["dropped_unconfirmed"] == counts["dropped_queue_full"] == 0
+    assert len(stored) == capacity and set(stored) <= ids(messages)
+    assert "batched" in runtime.process.log_text()
+    print(f"\n{sent} sent into a {capacity}-message batched stream: settled in {elapsed:.2f}s")

@@ -46,6 +46,7 @@ from choria_broker_adapters.jetstream.publisher import (
     DESCRIPTION_HEADER,
     MSG_ID_HEADER,
     NO_RESPONDERS_STATUS,
+    PERMANENT_HINTS,
     STATUS_HEADER,
     AckedPublisher,
     PublishOutcome,
@@ -56,6 +57,7 @@ from choria_broker_adapters.jetstream.publisher import (
     message_oversize,
     no_stream_reason,
     oversize_reason,
+    permanent_refusal,
 )
 
 try:
@@ -545,7 +547,28 @@ class BatchPublisher:
         elif kind == "err":
             error = document.get("error")
             reason = describe_api_error(error, self._held[0].subject if self._held else "")
-            self._fail(batch, reason)
+            refusal = permanent_refusal(error)
+            seq = document.get("seq")
+            index = seq - batch.base - 1 if isinstance(seq, int) else -1
+            if refusal == "stream_full" and 0 <= index < min(batch.sent, len(self._held)):
+                # Every new message would now end a batch the same way, each costing a new
+                # batch and a resend of the window: per-message acks refuse each one at once.
+                entry = self._held[index]
+                del self._held[index]
+                entry.maybe_stored = False
+                self._drop(entry, f"{reason} ({PERMANENT_HINTS[refusal]})", refusal=refusal)
+                await self._fall_back(batch, f"the stream refused a message as full ({reason})")
+            elif refusal is not None and 0 <= index < min(batch.sent, len(self._held)):
+                # JetStream names the message it refused for good: only that one is dropped,
+                # at once; the batch is resent without it (what it stored before is a duplicate).
+                self._fail(
+                    batch,
+                    f"{reason} ({PERMANENT_HINTS[refusal]})",
+                    drop=self._held[index],
+                    refusal=refusal,
+                )
+            else:
+                self._fail(batch, reason)
         elif "error" in document:
             await self._on_error_ack(batch, document)
         elif "stream" in document:
@@ -630,10 +653,21 @@ class BatchPublisher:
 
     # -- failures ----------------------------------------------------------------------------------
 
-    def _fail(self, batch: _Batch, reason: str, *, drop: _Held | None = None, refused: bool = False) -> None:
+    def _fail(
+        self,
+        batch: _Batch,
+        reason: str,
+        *,
+        drop: _Held | None = None,
+        refused: bool = False,
+        refusal: str | None = None,
+    ) -> None:
         """The batch is over without confirming the held messages: schedule a new one, or drop.
 
         `refused`: JetStream turned down the batch's only message, so it is known not stored.
+        `refusal`: `drop` was refused for good (the drop reason): it is not stored (JetStream
+        checks the Nats-Msg-Id first, so a stored earlier copy would have been a duplicate),
+        and the resend goes out at once, since no wait cures what JetStream refused.
         """
         if self._batch is not batch:
             return
@@ -659,11 +693,16 @@ class BatchPublisher:
         now = time.monotonic()
         if drop is not None and drop in self._held:
             self._held.remove(drop)
-            self._drop(drop, reason)
+            if refusal is not None:
+                drop.maybe_stored = False
+            self._drop(drop, reason, refusal=refusal)
         for entry in self._held:
             entry.reason = reason
-        self._failures += 1
-        self._retry_at = now + backoff_delay(self._failures, self._backoff_initial, self._backoff_max)
+        if refusal is not None:
+            self._retry_at = now
+        else:
+            self._failures += 1
+            self._retry_at = now + backoff_delay(self._failures, self._backoff_initial, self._backoff_max)
         self._expire(self._retry_at)
 
     def _expire(self, resend_at: float) -> None:
@@ -736,7 +775,7 @@ class BatchPublisher:
             if now >= until:
                 self._settle_given_up(entry, stored=False)
 
-    def _drop(self, entry: _Held, reason: str) -> None:
+    def _drop(self, entry: _Held, reason: str, *, refusal: str | None = None) -> None:
         self._dropped += 1
         log.debug(
             "publisher %s: dropped %s after %d attempts: %s", self.name, entry.subject, entry.attempts, reason
@@ -751,6 +790,7 @@ class BatchPublisher:
                         entry.attempts,
                         reason,
                         uncertain=entry.maybe_stored,
+                        refusal=refusal,
                     )
                 )
             except Exception:
