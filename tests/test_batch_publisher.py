@@ -23,13 +23,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from choria_broker_adapters.devtools.natsserver import NatsServer
-from choria_broker_adapters.jetstream.batch_publisher import (
-    BatchPublisher,
-    PublishMode,
-    choose_publish_mode,
-    requested_flow,
-)
-from choria_broker_adapters.jetstream.publisher import PublishOutcome, PublishResult
+from choria_broker_adapters.jetstream.batch_publisher import BatchPublisher
+from choria_broker_adapters.jetstream.batching import PublishMode, choose_publish_mode, requested_flow
+from choria_broker_adapters.jetstream.replies import PublishOutcome, PublishResult
 from tests.reliability_support import adapter_keys, add_stream, payloads, small_fleet, start_runtime
 from tests.reliability_support import publish as reliability_publish
 from tests.runtime_support import wait_until

@@ -20,7 +20,7 @@ import pytest
 from nats.js.api import DiscardPolicy
 
 from choria_broker_adapters.devtools.natsserver import NatsServer
-from choria_broker_adapters.jetstream.publisher import interpret_ack, permanent_refusal
+from choria_broker_adapters.jetstream.replies import interpret_ack, permanent_refusal
 from tests.reliability_support import (
     Runtime,
     adapter_keys,

@@ -19,11 +19,7 @@ import pytest
 from choria_broker_adapters.codec.output import encode_output, message_id
 from choria_broker_adapters.codec.protocol import decode
 from choria_broker_adapters.devtools.natsserver import NatsServer
-from choria_broker_adapters.jetstream.publisher import (
-    MSG_ID_HEADER,
-    header_block_size,
-    oversize_reason,
-)
+from choria_broker_adapters.jetstream.replies import MSG_ID_HEADER, header_block_size, oversize_reason
 from choria_broker_adapters.transport.connect import GuardedClient, ServerClosedError
 from tests.reliability_support import (
     Message,

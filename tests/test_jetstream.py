@@ -16,14 +16,12 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from choria_broker_adapters.devtools.natsserver import NatsServer
-from choria_broker_adapters.jetstream.publisher import (
-    AckedPublisher,
+from choria_broker_adapters.jetstream.publisher import AckedPublisher, backoff_delay, stream_for_subject
+from choria_broker_adapters.jetstream.replies import (
     PublishOutcome,
     PublishResult,
-    backoff_delay,
     interpret_ack,
     no_stream_reason,
-    stream_for_subject,
 )
 from tests.runtime_support import wait_until
 

@@ -56,10 +56,8 @@ from choria_broker_adapters.core.backoff import backoff_delay
 from choria_broker_adapters.core.errors import describe_exception
 from choria_broker_adapters.core.log import RateLimitedWarning, adapter_logger
 from choria_broker_adapters.core.servers import ServerList
-from choria_broker_adapters.jetstream.batch_publisher import PublishMode
-from choria_broker_adapters.jetstream.publisher import (
-    Publisher,
-)
+from choria_broker_adapters.jetstream.batching import PublishMode
+from choria_broker_adapters.jetstream.publisher import Publisher
 from choria_broker_adapters.transport.connect import (
     EVENT_DISCONNECTED,
     EVENT_ERROR,

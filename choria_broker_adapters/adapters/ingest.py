@@ -27,7 +27,7 @@ from choria_broker_adapters.core.log import RateLimitedWarning, adapter_logger
 
 
 class IngestSide:
-    """Methods of `StreamsAdapter` (adapters.choria_streams), which holds the state they use."""
+    """Methods of `StreamsAdapter` (adapters.choria_streams), which holds their state."""
 
     async def _stop_ingest(self, deadline: float) -> None:
         if self._ingest_stopped:

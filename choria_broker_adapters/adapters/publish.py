@@ -17,19 +17,14 @@ from choria_broker_adapters.adapters.work import (
 from choria_broker_adapters.codec.output import OutputError, encode_output, message_id, output_subject
 from choria_broker_adapters.core.errors import describe_exception
 from choria_broker_adapters.jetstream.admin import JetStreamAdminError, jetstream_request, stream_info
-from choria_broker_adapters.jetstream.batch_publisher import BatchPublisher, PublishMode, choose_publish_mode
-from choria_broker_adapters.jetstream.publisher import (
-    AckedPublisher,
-    Publisher,
-    PublishOutcome,
-    PublishResult,
-    message_oversize,
-    stream_for_subject,
-)
+from choria_broker_adapters.jetstream.batch_publisher import BatchPublisher
+from choria_broker_adapters.jetstream.batching import PublishMode, choose_publish_mode
+from choria_broker_adapters.jetstream.publisher import AckedPublisher, Publisher, stream_for_subject
+from choria_broker_adapters.jetstream.replies import PublishOutcome, PublishResult, message_oversize
 
 
 class PublishSide:
-    """Methods of `StreamsAdapter` (adapters.choria_streams), which holds the state they use."""
+    """Methods of `StreamsAdapter` (adapters.choria_streams), which holds their state."""
 
     async def _run_stream_worker(self, worker: StreamWorker) -> None:
         servers = self.adapter.publish_servers

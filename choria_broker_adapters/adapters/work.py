@@ -14,9 +14,7 @@ from nats.aio.subscription import Subscription
 from choria_broker_adapters.adapters.counters import WorkerMetrics
 from choria_broker_adapters.codec.protocol import Envelope
 from choria_broker_adapters.codec.verify import OFF, VERIFIED_HEADER
-from choria_broker_adapters.jetstream.publisher import (
-    Publisher,
-)
+from choria_broker_adapters.jetstream.publisher import Publisher
 from choria_broker_adapters.transport.connect import (
     GuardedClient,
 )

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections import deque
@@ -38,164 +37,34 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from choria_broker_adapters.core.backoff import backoff_delay
-from choria_broker_adapters.jetstream.plan import FAST_INGEST_API_LEVEL
-from choria_broker_adapters.jetstream.publisher import (
-    DESCRIPTION_HEADER,
+from choria_broker_adapters.jetstream.batch_replies import BatchReplies
+from choria_broker_adapters.jetstream.batching import (
+    OP_APPEND,
+    OP_END,
+    OP_PING,
+    OP_START,
+    WINDOWS,
+    Batch,
+    BatchState,
+    HeldMessage,
+    PublishMode,
+    requested_flow,
+)
+from choria_broker_adapters.jetstream.publisher import AckedPublisher, describe_exception
+from choria_broker_adapters.jetstream.replies import (
     MSG_ID_HEADER,
-    NO_RESPONDERS_STATUS,
-    PERMANENT_HINTS,
-    STATUS_HEADER,
-    AckedPublisher,
     PublishOutcome,
     PublishResult,
-    describe_api_error,
-    describe_exception,
-    header_block_size,
     message_oversize,
-    no_stream_reason,
     oversize_reason,
-    permanent_refusal,
 )
-
-try:
-    from orjson import loads as _json_loads
-except ImportError:  # pragma: no cover - orjson is an optional speed-up
-    from json import loads as _json_loads
 
 log = logging.getLogger(__name__)
 
-# The largest flow interval nats-server grants.
-SERVER_MAX_FLOW = 500
-# Flow windows kept outstanding: the requested interval is max_pending / WINDOWS, so the
-# publisher keeps sending while JetStream confirms the earlier windows.
-WINDOWS = 4
-# err_code values of the fast-ingest API.
-BATCH_DISABLED = 10205
-UNKNOWN_BATCH = 10208
 
-OP_START, OP_APPEND, OP_COMMIT, OP_END, OP_PING = 0, 1, 2, 3, 4
-# The header block of a message whose only header is its Nats-Msg-Id, less the id itself.
-MSG_ID_ONLY_HEADER_BLOCK = header_block_size({MSG_ID_HEADER: ""})
-
-
-class PublishMode(enum.StrEnum):
-    AUTO = "auto"
-    BATCHED = "batched"
-    ACKED = "acked"
-
-
-def choose_publish_mode(
-    setting: str, *, stream_allows_batches: bool | None, server_api_level: int | None
-) -> tuple[PublishMode, str]:
-    """The publisher an adapter uses, and why (for the start-up log line). Pure.
-
-    `stream_allows_batches` / `server_api_level` are None when they could not be learnt.
-    """
-    if setting == PublishMode.ACKED:
-        return PublishMode.ACKED, "stream.publish = acked"
-    if setting == PublishMode.BATCHED:
-        return PublishMode.BATCHED, (
-            "stream.publish = batched (falls back to per-message acks if JetStream does not batch)"
-        )
-    if server_api_level is None or stream_allows_batches is None:
-        return PublishMode.ACKED, "auto: could not learn whether the server and stream allow batches"
-    if server_api_level < FAST_INGEST_API_LEVEL:
-        return PublishMode.ACKED, (
-            f"auto: the server's JetStream API level {server_api_level} predates fast-ingest batches "
-            f"(level {FAST_INGEST_API_LEVEL}, nats-server 2.14)"
-        )
-    if not stream_allows_batches:
-        return PublishMode.ACKED, (
-            "auto: the stream does not allow batched publishing (allow_batched; `streams setup` turns it on)"
-        )
-    return PublishMode.BATCHED, "auto: the server and the stream allow fast-ingest batches"
-
-
-def requested_flow(max_pending: int) -> int:
-    """The flow interval to ask for: a few windows fit in `max_pending`, within the server's cap."""
-    return max(1, min(SERVER_MAX_FLOW, max_pending // WINDOWS))
-
-
-class _Held:
-    """One message from `publish` until a flow ack or final ack covers it, or it is dropped."""
-
-    __slots__ = (
-        "attempts",
-        "body",
-        "first_sent",
-        "headers",
-        "headers_size",
-        "maybe_stored",
-        "msg_id",
-        "reason",
-        "sent_in",
-        "subject",
-    )
-
-    def __init__(
-        self, subject: str, body: bytes, msg_id: str, now: float, extra: Mapping[str, str] | None = None
-    ) -> None:
-        self.subject = subject
-        self.body = body
-        self.msg_id = msg_id
-        if extra is None:
-            self.headers = {MSG_ID_HEADER: msg_id}
-            self.headers_size = MSG_ID_ONLY_HEADER_BLOCK + len(msg_id.encode())
-        else:
-            self.headers = {**extra, MSG_ID_HEADER: msg_id}
-            self.headers_size = header_block_size(self.headers)
-        self.first_sent = now
-        self.attempts = 0
-        self.reason: str | None = None
-        # Sent in a batch that ended without saying: JetStream may hold it. Dropped, it is
-        # reported uncertain (counted unconfirmed, not publish).
-        self.maybe_stored = False
-        self.sent_in: list[tuple[_Batch, int]] = []  # (batch, sequence) of each attempt
-
-
-class _State(enum.Enum):
-    OPENING = "opening"  # the first message is sent; waiting for the first reply
-    OPEN = "open"
-    ENDING = "ending"  # the end-of-batch commit is sent; waiting for the final ack
-
-
-class _Batch:
-    __slots__ = (
-        "base",
-        "inbox",
-        "interval",
-        "last_seq",
-        "late_commit",
-        "pinged",
-        "quiet_since",
-        "reconnects",
-        "reply_prefix",
-        "sent",
-        "state",
-        "subject",
-        "subscription",
-    )
-
-    def __init__(self, inbox: str, flow: int, reconnects: int, now: float) -> None:
-        self.inbox = inbox
-        self.reply_prefix = f"{inbox}.{flow}.fail."
-        self.base = 0  # batch sequence of the last covered message; held[0] is base + 1
-        self.sent = 0  # held messages sent in this batch, counted from held[0]
-        self.interval = 1  # the flow interval the server announced last
-        self.state = _State.OPENING
-        self.subscription: Any = None
-        self.reconnects = reconnects
-        self.quiet_since = now  # since when a reply is awaited without one arriving
-        self.pinged = False
-        self.last_seq = 0  # highest sequence of a message sent in this batch
-        self.subject = ""  # of its first message: control messages go there
-        self.late_commit = False  # ended by us after it was given up (see _on_late_reply)
-
-
-class BatchPublisher:
+class BatchPublisher(BatchReplies):
     """Publish through fast-ingest batches; the interface and accounting of `AckedPublisher`.
 
     `publish` returns once the message is handed to the client (or held for sending) and waits
@@ -238,8 +107,8 @@ class BatchPublisher:
         self._pause = pause
         self._flow = requested_flow(max_pending)
         self._tick = max(0.005, min(0.05, backoff_initial, self._pause / 2))
-        self._held: deque[_Held] = deque()
-        self._batch: _Batch | None = None
+        self._held: deque[HeldMessage] = deque()
+        self._batch: Batch | None = None
         self._failures = 0  # consecutive failed batches, for the backoff
         self._retry_at = 0.0
         self._last_publish = 0.0
@@ -250,9 +119,9 @@ class BatchPublisher:
         # Given up while JetStream was silent, the connection up: the batch may still store what
         # it carried, so its inbox stays subscribed until then (batch -> when to stop).
         self._late_ack_linger = 2 * max(retry_budget, ack_timeout)
-        self._lingering: dict[_Batch, float] = {}
+        self._lingering: dict[Batch, float] = {}
         # Dropped by the budget but possibly stored by a lingering batch: entry -> deadline.
-        self._given_up: dict[_Held, float] = {}
+        self._given_up: dict[HeldMessage, float] = {}
         self.late_acks = 0
         self._has_room = asyncio.Event()
         self._has_room.set()
@@ -346,7 +215,7 @@ class BatchPublisher:
             return
         now = time.monotonic()
         self._last_publish = now
-        held.append(_Held(subject, body, msg_id, now, headers))
+        held.append(HeldMessage(subject, body, msg_id, now, headers))
         self.accepted += 1
         self._idle.clear()
         batch = self._batch
@@ -354,7 +223,7 @@ class BatchPublisher:
             if now >= self._retry_at:
                 await self._open_batch()
         elif (
-            batch.state is _State.OPEN
+            batch.state is BatchState.OPEN
             and batch.sent == len(held) - 1
             and batch.sent < WINDOWS * batch.interval
         ):
@@ -412,7 +281,7 @@ class BatchPublisher:
         if not nc.is_connected:
             return
         now = time.monotonic()
-        batch = _Batch(nc.new_inbox(), self._flow, nc.stats["reconnects"], now)
+        batch = Batch(nc.new_inbox(), self._flow, nc.stats["reconnects"], now)
         self._batch = batch
         self.batches += 1
         try:
@@ -425,7 +294,7 @@ class BatchPublisher:
         else:
             await self._unsubscribe(batch)  # given up while subscribing
 
-    async def _send_next(self, batch: _Batch) -> None:
+    async def _send_next(self, batch: Batch) -> None:
         """Send held[batch.sent]; the sequence is taken before the await so sends stay in order."""
         held = self._held
         nc = self._nc
@@ -471,25 +340,25 @@ class BatchPublisher:
             if self._batch is batch:
                 self._fail(batch, f"publish failed: {describe_exception(exc)}")
 
-    async def _pump(self, batch: _Batch) -> None:
+    async def _pump(self, batch: Batch) -> None:
         """Send held messages while the batch is open and the server's flow windows allow."""
         held = self._held
         while (
             self._batch is batch
-            and batch.state is _State.OPEN
+            and batch.state is BatchState.OPEN
             and batch.sent < len(held)
             and batch.sent < WINDOWS * batch.interval
         ):
             await self._send_next(batch)
 
-    async def _end_batch(self, batch: _Batch) -> None:
+    async def _end_batch(self, batch: Batch) -> None:
         """Commit without a message (end of batch): JetStream answers with the final ack."""
-        batch.state = _State.ENDING
+        batch.state = BatchState.ENDING
         batch.quiet_since = time.monotonic()
         batch.pinged = False
         await self._control(batch, OP_END, batch.base + batch.sent + 1)
 
-    async def _control(self, batch: _Batch, op: int, seq: int) -> None:
+    async def _control(self, batch: Batch, op: int, seq: int) -> None:
         if not self._nc.is_connected:
             self._fail(batch, "not connected to NATS")
             return
@@ -505,121 +374,7 @@ class BatchPublisher:
 
     # -- replies ---------------------------------------------------------------------------------
 
-    def _reply_handler(self, batch: _Batch) -> Callable[[Msg], Any]:
-        async def on_reply(msg: Msg) -> None:
-            if self._batch is not batch:
-                if batch in self._lingering:
-                    await self._on_late_reply(batch, msg)
-                return  # otherwise a late reply to a batch already given up
-            await self._on_reply(batch, msg)
-
-        return on_reply
-
-    async def _on_reply(self, batch: _Batch, msg: Msg) -> None:
-        data = msg.data
-        headers = msg.headers
-        if headers and headers.get(STATUS_HEADER):
-            status = headers[STATUS_HEADER]
-            subject = self._held[0].subject if self._held else ""
-            refused = batch.state is _State.OPENING and batch.sent == 1
-            if status == NO_RESPONDERS_STATUS:
-                self._fail(batch, f"{no_stream_reason(subject)} (503 no responders)", refused=refused)
-            else:
-                reason = f"status {status} {headers.get(DESCRIPTION_HEADER, '')}".strip()
-                self._fail(batch, reason, refused=refused)
-            return
-        try:
-            document = _json_loads(data)
-        except ValueError:
-            self._fail(batch, f"unparseable JetStream reply: {data[:200]!r}")
-            return
-        if not isinstance(document, dict):
-            self._fail(batch, f"unexpected JetStream reply: {data[:200]!r}")
-            return
-        kind = document.get("type")
-        if kind == "ack":
-            await self._on_flow_ack(batch, document)
-        elif kind == "gap":
-            self._fail(
-                batch,
-                f"JetStream missed batch messages {document.get('last_seq')}..{document.get('seq')}",
-            )
-        elif kind == "err":
-            error = document.get("error")
-            reason = describe_api_error(error, self._held[0].subject if self._held else "")
-            refusal = permanent_refusal(error)
-            seq = document.get("seq")
-            index = seq - batch.base - 1 if isinstance(seq, int) else -1
-            if refusal == "stream_full" and 0 <= index < min(batch.sent, len(self._held)):
-                # Every new message would now end a batch the same way, each costing a new
-                # batch and a resend of the window: per-message acks refuse each one at once.
-                entry = self._held[index]
-                del self._held[index]
-                entry.maybe_stored = False
-                self._drop(entry, f"{reason} ({PERMANENT_HINTS[refusal]})", refusal=refusal)
-                await self._fall_back(batch, f"the stream refused a message as full ({reason})")
-            elif refusal is not None and 0 <= index < min(batch.sent, len(self._held)):
-                # JetStream names the message it refused for good: only that one is dropped,
-                # at once; the batch is resent without it (what it stored before is a duplicate).
-                self._fail(
-                    batch,
-                    f"{reason} ({PERMANENT_HINTS[refusal]})",
-                    drop=self._held[index],
-                    refusal=refusal,
-                )
-            else:
-                self._fail(batch, reason)
-        elif "error" in document:
-            await self._on_error_ack(batch, document)
-        elif "stream" in document:
-            await self._on_final_ack(batch, document)
-        else:
-            self._fail(batch, f"unexpected JetStream reply: {data[:200]!r}")
-
-    async def _on_flow_ack(self, batch: _Batch, document: dict[str, Any]) -> None:
-        seq = document.get("seq")
-        interval = document.get("msgs")
-        if not isinstance(seq, int) or seq < batch.base:
-            return
-        if isinstance(interval, int) and interval > 0:
-            batch.interval = interval
-        if batch.state is _State.OPENING:
-            batch.state = _State.OPEN
-        self._cover(batch, seq - batch.base)
-        batch.quiet_since = time.monotonic()
-        batch.pinged = False
-        if self._batch is batch:
-            await self._pump(batch)
-
-    async def _on_final_ack(self, batch: _Batch, document: dict[str, Any]) -> None:
-        if document.get("batch") is None:
-            # A plain acknowledgement: the server stored the first message as an ordinary
-            # publish, so it does not know fast-ingest batches (before 2.14).
-            self._cover(batch, 1, duplicate=document.get("duplicate") is True)
-            await self._fall_back(
-                batch, "JetStream acknowledged a batch message as a single publish (nats-server before 2.14)"
-            )
-            return
-        count = document.get("count")
-        covered = count - batch.base if isinstance(count, int) else 0
-        self._cover(batch, min(covered, batch.sent), duplicate=document.get("duplicate") is True)
-        await self._unsubscribe(batch)
-        if self._batch is batch:
-            self._batch = None
-            if self._held:
-                await self._open_batch()
-
-    async def _on_error_ack(self, batch: _Batch, document: dict[str, Any]) -> None:
-        error = document["error"]
-        code = error.get("err_code") if isinstance(error, dict) else None
-        subject = self._held[0].subject if self._held else ""
-        if code == BATCH_DISABLED:
-            await self._fall_back(batch, f"the stream does not allow batched publishing ({code})")
-        else:
-            refused = batch.state is _State.OPENING and batch.sent == 1
-            self._fail(batch, describe_api_error(error, subject), refused=refused)
-
-    def _cover(self, batch: _Batch, count: int, *, duplicate: bool = False) -> None:
+    def _cover(self, batch: Batch, count: int, *, duplicate: bool = False) -> None:
         """The next `count` held messages of the batch are stored: report and release them."""
         if count <= 0:
             return
@@ -655,10 +410,10 @@ class BatchPublisher:
 
     def _fail(
         self,
-        batch: _Batch,
+        batch: Batch,
         reason: str,
         *,
-        drop: _Held | None = None,
+        drop: HeldMessage | None = None,
         refused: bool = False,
         refusal: str | None = None,
     ) -> None:
@@ -723,59 +478,7 @@ class BatchPublisher:
                 self._drop(entry, entry.reason or "not connected to NATS")
         self._released()
 
-    async def _on_late_reply(self, batch: _Batch, msg: Msg) -> None:
-        """A reply to a batch given up while JetStream was silent: it answers after all."""
-        try:
-            document = _json_loads(msg.data) if msg.data else None
-        except ValueError:
-            return
-        if not isinstance(document, dict):
-            return
-        if document.get("type") == "ack" and isinstance(document.get("seq"), int):
-            self._settle_late(batch, document["seq"])
-            if not batch.late_commit:
-                # Ending it makes JetStream report how far it got, once everything is stored.
-                batch.late_commit = True
-                await self._control(batch, OP_END, batch.last_seq + 1)
-        elif "stream" in document and "error" not in document and isinstance(document.get("count"), int):
-            self._settle_late(batch, document["count"])
-            self._lingering.pop(batch, None)
-            await self._unsubscribe(batch)
-
-    def _settle_late(self, batch: _Batch, covered: int) -> None:
-        """Given-up messages sent as sequence <= `covered` of `batch` are stored after all."""
-        for entry in [e for e in self._given_up if any(b is batch and s <= covered for b, s in e.sent_in)]:
-            self._settle_given_up(entry, stored=True)
-
-    def _settle_given_up(self, entry: _Held, *, stored: bool) -> None:
-        del self._given_up[entry]
-        if stored:
-            self.late_acks += 1
-            self._acked += 1
-            if self._on_result is not None:
-                try:
-                    self._on_result(
-                        PublishResult(
-                            entry.subject, entry.msg_id, PublishOutcome.ACKED, entry.attempts, late=True
-                        )
-                    )
-                except Exception:
-                    log.exception("publisher %s: result callback failed", self.name)
-        else:
-            self._drop(entry, entry.reason or "no acknowledgement")
-        entry.sent_in = []
-        self._released()
-
-    def _expire_lingering(self, now: float) -> None:
-        for batch, until in list(self._lingering.items()):
-            if now >= until:
-                del self._lingering[batch]
-                self._spawn(self._unsubscribe(batch))
-        for entry, until in list(self._given_up.items()):
-            if now >= until:
-                self._settle_given_up(entry, stored=False)
-
-    def _drop(self, entry: _Held, reason: str, *, refusal: str | None = None) -> None:
+    def _drop(self, entry: HeldMessage, reason: str, *, refusal: str | None = None) -> None:
         self._dropped += 1
         log.debug(
             "publisher %s: dropped %s after %d attempts: %s", self.name, entry.subject, entry.attempts, reason
@@ -796,7 +499,7 @@ class BatchPublisher:
             except Exception:
                 log.exception("publisher %s: result callback failed", self.name)
 
-    async def _fall_back(self, batch: _Batch, reason: str) -> None:
+    async def _fall_back(self, batch: Batch, reason: str) -> None:
         """Switch to per-message acks for good; held messages go to the acked publisher."""
         if self._batch is batch:
             self._batch = None
@@ -827,7 +530,7 @@ class BatchPublisher:
             extra = {name: value for name, value in entry.headers.items() if name != MSG_ID_HEADER}
             await fallback.publish(entry.subject, entry.body, entry.msg_id, extra or None)
 
-    async def _unsubscribe(self, batch: _Batch) -> None:
+    async def _unsubscribe(self, batch: Batch) -> None:
         subscription, batch.subscription = batch.subscription, None
         if subscription is None or self._nc.is_closed:
             return
@@ -869,18 +572,18 @@ class BatchPublisher:
             # publishes of this batch, which JetStream answers on the inbox we give up here.
             self._fail(batch, "not connected to NATS" if not nc.is_connected else "reconnected to NATS")
             return
-        waiting = batch.state is not _State.OPEN or batch.sent > 0
+        waiting = batch.state is not BatchState.OPEN or batch.sent > 0
         quiet = now - batch.quiet_since
         if waiting and quiet > self._ack_timeout:
             self._fail(batch, f"no acknowledgement within {self._ack_timeout:g}s")
             return
-        if waiting and quiet > self._ack_timeout / 2 and not batch.pinged and batch.state is _State.OPEN:
+        if waiting and quiet > self._ack_timeout / 2 and not batch.pinged and batch.state is BatchState.OPEN:
             # Asks JetStream to repeat its last flow ack; an unknown batch answers with an error.
             batch.pinged = True
             await self._control(batch, OP_PING, batch.base + batch.sent)
             return
         if (
-            batch.state is _State.OPEN
+            batch.state is BatchState.OPEN
             and batch.sent == len(self._held)
             and (self._flushing or now - self._last_publish >= self._pause)
         ):
