@@ -64,7 +64,9 @@ def test_the_layer_check_can_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     (fake / "core" / "bad.py").write_text("from choria_broker_adapters.cli import main\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    assert _layer_violations() == ["choria_broker_adapters/core/bad.py:1: layer core imports choria_broker_adapters.cli"]
+    assert _layer_violations() == [
+        "choria_broker_adapters/core/bad.py:1: layer core imports choria_broker_adapters.cli"
+    ]
 
 
 def test_the_package_root_keeps_only_entry_points() -> None:
@@ -97,7 +99,12 @@ def test_readme_module_table_matches_the_tree() -> None:
 
 def test_every_cited_document_is_in_the_repository() -> None:
     cited = set()
-    for path in [*_modules(), *ROOT.glob("tests/*.py"), *ROOT.glob("bench/*.py"), *ROOT.rglob("puppet/**/*.pp")]:
+    for path in [
+        *_modules(),
+        *ROOT.glob("tests/*.py"),
+        *ROOT.glob("bench/*.py"),
+        *ROOT.rglob("puppet/**/*.pp"),
+    ]:
         cited |= set(re.findall(r"[A-Za-z0-9_./-]*[A-Za-z0-9_-]+\.md\b", path.read_text()))
     missing = sorted(doc for doc in cited if not list(ROOT.glob(f"**/{Path(doc).name}")))
     assert missing == []

@@ -14,6 +14,7 @@ writer appends `_total` to every counter, so `text_exposition` writes the format
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import resource
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import h11
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -194,21 +196,28 @@ class StatsServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request per connection, parsed by h11 (a strict HTTP/1.1 implementation); a client
+        that is malformed, too slow or too large gets an error status or is cut off, never a hang."""
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            status, content_type, body, extra = self._route(method, path.split("?", 1)[0])
-            head = f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            head += "".join(f"{name}: {value}\r\n" for name, value in extra.items())
-            writer.write(head.encode() + b"Connection: close\r\n\r\n" + (body if method != "HEAD" else b""))
-            await writer.drain()
-        except (
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            TimeoutError,
-            ValueError,
-            ConnectionError,
-        ):
+            async with asyncio.timeout(REQUEST_DEADLINE):
+                request = await _read_request(connection, reader)
+                if request is None:
+                    return
+                method = request.method.decode("ascii", "replace")
+                target = request.target.decode("ascii", "replace").split("?", 1)[0]
+                status, content_type, body, extra = self._route(method, target)
+                await _respond(
+                    connection, writer, status, content_type, body, extra, head_only=method == "HEAD"
+                )
+        except h11.RemoteProtocolError as error:
+            with contextlib.suppress(Exception):
+                code = error.error_status_hint
+                reason = "Request Header Fields Too Large" if code == 431 else "Bad Request"
+                await _respond(
+                    connection, writer, f"{code} {reason}", "text/plain", f"{error}\n".encode(), {}
+                )
+        except (TimeoutError, ConnectionError, h11.LocalProtocolError):
             pass
         finally:
             writer.close()
@@ -224,3 +233,57 @@ class StatsServer:
             document = {"version": __version__, "system": process_summary(), **self.status()}
             return "200 OK", "application/json", json.dumps(document, indent=2).encode() + b"\n", {}
         return "404 Not Found", "text/plain", b"not found; try /choria/ or /choria/prometheus\n", {}
+
+
+# The longest request head (request line and headers) and the longest time a client may take
+# to send it: a scraper sends a few hundred bytes at once; anything else is not one.
+MAX_REQUEST_HEAD = 16 * 1024
+REQUEST_DEADLINE = 5.0
+# A GET carries no body; this much is read and ignored before a request with one is refused.
+MAX_REQUEST_BODY = 0
+
+
+async def _read_request(connection: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
+    """The request, or None when the client went away before sending one."""
+    received = 0
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(4096)
+            received += len(data)
+            if received > MAX_REQUEST_HEAD:
+                raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+            connection.receive_data(data)  # b"" tells h11 the peer closed
+            continue
+        if isinstance(event, h11.Request):
+            length = dict(event.headers).get(b"content-length")
+            chunked = dict(event.headers).get(b"transfer-encoding")
+            if chunked or (length is not None and int(length) > MAX_REQUEST_BODY):
+                raise h11.RemoteProtocolError("a request body is not accepted here", error_status_hint=413)
+            return event
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+
+
+async def _respond(
+    connection: h11.Connection,
+    writer: asyncio.StreamWriter,
+    status: str,
+    content_type: str,
+    body: bytes,
+    extra: dict[str, str],
+    *,
+    head_only: bool = False,
+) -> None:
+    code, _, reason = status.partition(" ")
+    headers = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+        *extra.items(),
+    ]
+    writer.write(connection.send(h11.Response(status_code=int(code), reason=reason, headers=headers)))
+    if not head_only:
+        writer.write(connection.send(h11.Data(data=body)))
+    writer.write(connection.send(h11.EndOfMessage()))
+    await writer.drain()
