@@ -238,3 +238,42 @@ async def test_a_full_stream_refuses_batched_publishes_at_once_too(
     assert len(stored) == capacity and set(stored) <= ids(messages)
     assert "batched" in runtime.process.log_text()
     print(f"\n{sent} sent into a {capacity}-message batched stream: settled in {elapsed:.2f}s")
+
+
+async def test_a_publish_the_server_denies_is_dropped_at_once_as_rejected(
+    nats_server_factory: Callable[..., NatsServer], tmp_path: Path, runtimes: list[Runtime]
+) -> None:
+    """Deny-write: publish permissions refuse some subjects; those are not retried."""
+    choria = nats_server_factory(jetstream=False)
+    jetstream = nats_server_factory(
+        jetstream=True,
+        extra_config=(
+            "authorization { users = [ {user: adapter, password: s3cret, permissions: "
+            '{publish: {deny: ["choria.node_metadata.*.denied.>"]}}} ] }'
+        ),
+    )
+    url = f"nats://adapter:s3cret@{jetstream.address}"
+    await add_stream(url, STREAM)
+    runtime = start_runtime(
+        tmp_path,
+        "denied",
+        middleware=choria.address,
+        adapter=adapter_keys(jetstream.address, stream__publish="acked", stream__retry_budget=30),
+        extra="plugin.nats.user = adapter\nplugin.nats.pass = s3cret\n",
+    )
+    runtimes.append(runtime)
+    await runtime.wait_subscribed(4)
+    allowed = small_fleet(40, tag="ok")
+    denied = [small_registration(f"n{i:04d}.denied.example.net", f"{i:032d}") for i in range(20)]
+    await publish(choria.url, payloads(allowed + denied))
+
+    async def settled() -> bool:
+        counts = await runtime.counts()
+        return counts["stored"] + counts["dropped_rejected"] == 60
+
+    await wait_until(settled, 10, "every message stored or rejected")
+    counts = await runtime.counts()
+    assert (counts["stored"], counts["dropped_rejected"], counts["retries"]) == (40, 20, 0)
+    assert counts["dropped_publish"] == counts["dropped_unconfirmed"] == 0
+    assert sorted(await stored_ids(url, STREAM)) == sorted(ids(allowed))
+    assert "(permissions); not retried" in runtime.process.log_text()

@@ -62,6 +62,7 @@ from choria_broker_adapters.transport.connect import (
     EVENT_DISCONNECTED,
     EVENT_ERROR,
     EVENT_MALFORMED_FRAME,
+    EVENT_PUBLISH_DENIED,
     EVENT_READ_LOOP_FAILED,
     EVENT_RECONNECTED,
     EVENT_SERVER_ERROR,
@@ -396,6 +397,13 @@ class StreamsAdapter(IngestSide, PublishSide):
             elif kind == EVENT_READ_LOOP_FAILED:
                 counts.restarts[side] += 1
                 log.error("NATS connection of %s worker %s: %s", side, worker.name, detail)
+            elif kind == EVENT_PUBLISH_DENIED and side == "stream":
+                publisher = worker.publisher  # type: ignore[union-attr]
+                refuse = getattr(publisher, "refuse_subject", None)
+                if refuse is not None:
+                    refuse(detail, f"the server denies publishing to {detail} (permissions); not retried")
+                else:
+                    warn("publish_denied", f"The server denies publishing to {detail} (permissions)")
             elif kind == EVENT_SERVER_ERROR:
                 log.warning("NATS connection of %s worker %s: %s", side, worker.name, detail)
             elif kind == EVENT_RECONNECTED:

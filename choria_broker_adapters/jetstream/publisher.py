@@ -325,6 +325,18 @@ class AckedPublisher:
             # While waiting for a resend, a late failure of an earlier attempt changes nothing.
             self._failed(token, entry, verdict.reason or "publish failed", time.monotonic())
 
+    def refuse_subject(self, subject: str, reason: str) -> int:
+        """The server refused publishes to `subject` (compared in lower case, as the server's
+        error text arrives): drop those waiting for an ack at once, as `rejected`. Returns how many."""
+        refused = [
+            (token, entry)
+            for token, entry in self._pending.items()
+            if entry.in_flight and entry.subject.lower() == subject
+        ]
+        for token, entry in refused:
+            self._finish(token, entry, PublishOutcome.DROPPED, reason=reason, refusal="rejected")
+        return len(refused)
+
     def _failed(self, token: int, entry: _Pending, reason: str, now: float) -> None:
         """Schedule a resend with backoff, or drop when the resend would fall outside the budget."""
         entry.reason = reason

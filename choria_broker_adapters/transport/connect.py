@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import random
+import re
 import ssl
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
@@ -37,6 +38,9 @@ EVENT_MALFORMED_FRAME = "malformed_frame"
 EVENT_READ_LOOP_FAILED = "read_loop_failed"
 # The server reported an error and closed the connection; the client is reconnecting.
 EVENT_SERVER_ERROR = "server_error"
+# The server refused a publish for lack of permission; `detail` is the subject, in lower case
+# (nats-py lowercases the server's error text).
+EVENT_PUBLISH_DENIED = "publish_denied"
 
 # Outgoing buffer the client flushes at: room for several publishers' windows of 1 KiB messages.
 PENDING_SIZE = 16 * 1024 * 1024
@@ -171,6 +175,8 @@ def event_callbacks(on_event: OnEvent | None, secrets: Iterable[str] = ()) -> di
             emit(EVENT_READ_LOOP_FAILED, str(exc))
         elif isinstance(exc, ServerClosedError):
             emit(EVENT_SERVER_ERROR, str(exc))
+        elif (subject := denied_publish_subject(str(exc))) is not None:
+            emit(EVENT_PUBLISH_DENIED, subject)
         else:
             emit(EVENT_ERROR, describe_connect_error(exc))
 
@@ -189,6 +195,15 @@ def event_callbacks(on_event: OnEvent | None, secrets: Iterable[str] = ()) -> di
         "reconnected_cb": reconnected_cb,
         "closed_cb": closed_cb,
     }
+
+
+_DENIED_PUBLISH = re.compile(r'permissions violation for publish to "([^"]+)"')
+
+
+def denied_publish_subject(error_text: str) -> str | None:
+    """The subject of a server's publish permissions violation, or None for other errors."""
+    match = _DENIED_PUBLISH.search(error_text.lower())
+    return match.group(1) if match else None
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
