@@ -57,6 +57,7 @@ from choria_broker_adapters.jetstream.replies import (
     MSG_ID_HEADER,
     PublishOutcome,
     PublishResult,
+    RetryPolicy,
     message_oversize,
     oversize_reason,
 )
@@ -86,19 +87,9 @@ class BatchPublisher(BatchReplies):
         name: str = "",
         pause: float = 0.1,
     ) -> None:
-        if max_pending < 1:
-            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
-        if ack_timeout <= 0 or retry_budget < 0 or backoff_initial <= 0 or backoff_max < backoff_initial:
-            raise ValueError(
-                "need ack_timeout > 0, retry_budget >= 0, 0 < backoff_initial <= backoff_max; got "
-                f"{ack_timeout=}, {retry_budget=}, {backoff_initial=}, {backoff_max=}"
-            )
+        self._policy = RetryPolicy(max_pending, ack_timeout, retry_budget, backoff_initial, backoff_max)
         self._nc = nc
         self._max_pending = max_pending
-        self._ack_timeout = ack_timeout
-        self._retry_budget = retry_budget
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
         self._on_result = on_result
         self._on_acked = on_acked
         self.name = name
@@ -457,7 +448,9 @@ class BatchPublisher(BatchReplies):
             self._retry_at = now
         else:
             self._failures += 1
-            self._retry_at = now + backoff_delay(self._failures, self._backoff_initial, self._backoff_max)
+            self._retry_at = now + backoff_delay(
+                self._failures, self._policy.backoff_initial, self._policy.backoff_max
+            )
         self._expire(self._retry_at)
 
     def _expire(self, resend_at: float) -> None:
@@ -468,7 +461,7 @@ class BatchPublisher(BatchReplies):
         if self._batch is not None:
             return
         held = self._held
-        budget = self._retry_budget
+        budget = self._policy.retry_budget
         while held and resend_at - held[0].first_sent > budget:
             entry = held.popleft()
             if entry.maybe_stored and any(sent in self._lingering for sent, _ in entry.sent_in):
@@ -513,10 +506,10 @@ class BatchPublisher(BatchReplies):
         fallback = AckedPublisher(
             self._nc,
             max_pending=self._max_pending,
-            ack_timeout=self._ack_timeout,
-            retry_budget=self._retry_budget,
-            backoff_initial=self._backoff_initial,
-            backoff_max=self._backoff_max,
+            ack_timeout=self._policy.ack_timeout,
+            retry_budget=self._policy.retry_budget,
+            backoff_initial=self._policy.backoff_initial,
+            backoff_max=self._policy.backoff_max,
             on_result=self._on_result,
             on_acked=self._on_acked,
             name=self.name,
@@ -574,10 +567,15 @@ class BatchPublisher(BatchReplies):
             return
         waiting = batch.state is not BatchState.OPEN or batch.sent > 0
         quiet = now - batch.quiet_since
-        if waiting and quiet > self._ack_timeout:
-            self._fail(batch, f"no acknowledgement within {self._ack_timeout:g}s")
+        if waiting and quiet > self._policy.ack_timeout:
+            self._fail(batch, f"no acknowledgement within {self._policy.ack_timeout:g}s")
             return
-        if waiting and quiet > self._ack_timeout / 2 and not batch.pinged and batch.state is BatchState.OPEN:
+        if (
+            waiting
+            and quiet > self._policy.ack_timeout / 2
+            and not batch.pinged
+            and batch.state is BatchState.OPEN
+        ):
             # Asks JetStream to repeat its last flow ack; an unknown batch answers with an error.
             batch.pinged = True
             await self._control(batch, OP_PING, batch.base + batch.sent)

@@ -43,6 +43,7 @@ from choria_broker_adapters.jetstream.replies import (
     AckVerdict,
     PublishOutcome,
     PublishResult,
+    RetryPolicy,
     header_block_size,
     interpret_ack,
     oversize_reason,
@@ -145,19 +146,9 @@ class AckedPublisher:
         """`late_ack_linger`: how long a given-up message that may be stored is still listened
         for (default: twice its retry budget, at least two ack timeouts; a given-up entry holds no
         body, and the set stays about as large as the window)."""
-        if max_pending < 1:
-            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
-        if ack_timeout <= 0 or retry_budget < 0 or backoff_initial <= 0 or backoff_max < backoff_initial:
-            raise ValueError(
-                "need ack_timeout > 0, retry_budget >= 0, 0 < backoff_initial <= backoff_max; got "
-                f"{ack_timeout=}, {retry_budget=}, {backoff_initial=}, {backoff_max=}"
-            )
+        self._policy = RetryPolicy(max_pending, ack_timeout, retry_budget, backoff_initial, backoff_max)
         self._nc = nc
         self._max_pending = max_pending
-        self._ack_timeout = ack_timeout
-        self._retry_budget = retry_budget
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
         self._late_ack_linger = (
             2 * max(retry_budget, ack_timeout) if late_ack_linger is None else max(0.0, late_ack_linger)
         )
@@ -273,7 +264,7 @@ class AckedPublisher:
     async def _send(self, token: int, entry: _Pending, now: float) -> None:
         entry.attempts += 1
         entry.in_flight = True
-        entry.due = now + self._ack_timeout
+        entry.due = now + self._policy.ack_timeout
         if not self._nc.is_connected:
             # Not handed to the client: its reconnect buffer would deliver the message after
             # the outage, possibly after we reported it DROPPED. We hold it and retry instead.
@@ -341,8 +332,10 @@ class AckedPublisher:
         """Schedule a resend with backoff, or drop when the resend would fall outside the budget."""
         entry.reason = reason
         entry.in_flight = False
-        resend_at = now + backoff_delay(entry.attempts, self._backoff_initial, self._backoff_max)
-        if resend_at - entry.first_sent > self._retry_budget:
+        resend_at = now + backoff_delay(
+            entry.attempts, self._policy.backoff_initial, self._policy.backoff_max
+        )
+        if resend_at - entry.first_sent > self._policy.retry_budget:
             self._finish(token, entry, PublishOutcome.DROPPED, reason=reason)
         else:
             entry.due = resend_at
@@ -459,8 +452,10 @@ class AckedPublisher:
                     continue
                 if entry.in_flight:
                     entry.maybe_stored = True
-                    self._failed(token, entry, f"no acknowledgement within {self._ack_timeout:g}s", now)
-                elif now - entry.first_sent > self._retry_budget:
+                    self._failed(
+                        token, entry, f"no acknowledgement within {self._policy.ack_timeout:g}s", now
+                    )
+                elif now - entry.first_sent > self._policy.retry_budget:
                     self._finish(token, entry, PublishOutcome.DROPPED, reason=entry.reason)
                 elif not self._nc.is_connected:
                     # Resending now would only pile copies into the client's reconnect buffer.

@@ -16,6 +16,32 @@ DESCRIPTION_HEADER = "Description"
 NO_RESPONDERS_STATUS = "503"
 
 
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How both publishers wait and retry: the window, the acknowledgement timeout, the retry
+    budget and the backoff between attempts (each checked once, here)."""
+
+    max_pending: int
+    ack_timeout: float
+    retry_budget: float
+    backoff_initial: float
+    backoff_max: float
+
+    def __post_init__(self) -> None:
+        if self.max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {self.max_pending}")
+        if (
+            self.ack_timeout <= 0
+            or self.retry_budget < 0
+            or self.backoff_initial <= 0
+            or self.backoff_max < self.backoff_initial
+        ):
+            raise ValueError(
+                "need ack_timeout > 0, retry_budget >= 0, 0 < backoff_initial <= backoff_max; got "
+                f"{self.ack_timeout=}, {self.retry_budget=}, {self.backoff_initial=}, {self.backoff_max=}"
+            )
+
+
 class PublishOutcome(enum.Enum):
     ACKED = "acked"
     DUPLICATE = "duplicate"  # JetStream already held this Nats-Msg-Id: the message is stored
