@@ -221,8 +221,12 @@ class Runtime:
 
         await wait_until(subscribed, timeout, f"{workers} ingest subscriptions")
 
-    async def wait_settled(self, timeout: float, name: str = ADAPTER) -> dict[str, int]:
-        """Wait until nothing is queued or in flight and every received message is accounted for."""
+    async def wait_settled(
+        self, timeout: float, name: str = ADAPTER, *, received: int | None = None
+    ) -> dict[str, int]:
+        """Wait until nothing is queued or in flight and every received message is accounted for
+        (and, with `received`, until exactly that many have arrived: right after a publish the
+        runtime may not have seen any of it yet, which would look settled)."""
 
         async def settled() -> bool:
             adapter = await self.adapter(name)
@@ -231,7 +235,8 @@ class Runtime:
                 counts[f"dropped_{reason}"] for reason in ("subject", "encode", "publish", "unconfirmed")
             )
             return (
-                adapter["queued"] == 0
+                (received is None or counts["received"] == received)
+                and adapter["queued"] == 0
                 and adapter["in_flight"] == 0
                 and adapter["unconfirmed"] == 0
                 and accounted == counts["received"]

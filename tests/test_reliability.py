@@ -409,7 +409,11 @@ async def test_two_runtimes_one_sigkilled_loses_exactly_what_it_held(
 # -- 5. JetStream unavailable for longer than the retry budget ------------------------------------
 
 
-@PUBLISH_MODES
+# Per-message acks only: in batched mode the messages of a batch in flight when the server goes
+# away are counted `unconfirmed` (they may have been stored) rather than `publish`, and which
+# of them end where is timing-dependent, so the exact split this test asserts does not hold
+# there. Issue 15 leaves a batched variant with its own exact oracle open.
+@pytest.mark.parametrize("publish_mode", ["acked"])
 async def test_jetstream_down_past_retry_budget_drops_counted_then_recovers(
     servers: tuple[NatsServer, NatsServer], runtimes: list[Runtime], tmp_path: Path, publish_mode: str
 ) -> None:
@@ -436,15 +440,14 @@ async def test_jetstream_down_past_retry_budget_drops_counted_then_recovers(
     await asyncio.to_thread(jetstream.stop)
     await publish(choria.url, payloads(during))
 
-    async def all_dropped() -> bool:
-        return (await runtime.counts())["dropped_publish"] >= len(during)
-
-    await wait_until(all_dropped, 30, "the publish drops")
-    assert runtime.alive()
-    metrics = await runtime.prometheus()
     labels = f'identity="adapter1.example.net",name="{ADAPTER}",reason="publish"'
     series = f"choria_adapter_dropped_msgs{{{labels}}}"
-    assert f"{series} {float(len(during))}" in metrics
+
+    async def all_dropped() -> bool:  # read from the exposition itself, as a scraper sees it
+        return f"{series} {float(len(during))}" in await runtime.prometheus()
+
+    await wait_until(all_dropped, 30, "the publish drops in the Prometheus exposition")
+    assert runtime.alive()
     log = runtime.process.log_text()
     drop_line = next(line for line in log.splitlines() if "Could not publish to JetStream" in line)
     assert re.search(
@@ -460,7 +463,7 @@ async def test_jetstream_down_past_retry_budget_drops_counted_then_recovers(
 
     await wait_until(reconnected, 30, "the stream workers to reconnect")
     await publish(choria.url, payloads(later))
-    counts = await runtime.wait_settled(30)
+    counts = await runtime.wait_settled(30, received=len(first) + len(during) + len(later))
     stored = await stored_ids(jetstream.url, "REL_BUDGET")
     print(f"\nretry budget: counts {counts}\n  log: {drop_line}")
 
