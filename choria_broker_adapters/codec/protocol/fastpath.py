@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from choria_broker_adapters.codec.jsonfast import JSONInvalid
@@ -39,6 +38,7 @@ from choria_broker_adapters.codec.protocol.model import (
     V2_TRANSPORT,
     DecodeError,
     Envelope,
+    HeaderLayout,
     SecureLayer,
 )
 
@@ -58,19 +58,7 @@ NANOS = v1.NANOS
 # using `==` is exact for the same reason.
 
 
-@dataclass(frozen=True, slots=True)
-class _HeaderLayout:
-    """Where one protocol version keeps the same header values under its own names."""
-
-    fields: frozenset[str]
-    strings: tuple[str, str]  # optional strings: reply subject, sender
-    trail: str  # [][3]string of servers seen
-    federation_fields: frozenset[str]
-    federation_strings: tuple[str, str]  # optional strings: request id, reply subject
-    federation_targets: str  # []string
-
-
-def _plain_headers(headers: Any, layout: _HeaderLayout) -> bool:
+def _plain_headers(headers: Any, layout: HeaderLayout) -> bool:
     """check_headers would accept these headers, and they have only exact field names."""
     if not isinstance(headers, dict) or not headers.keys() <= layout.fields:
         return False
@@ -90,30 +78,12 @@ def _plain_headers(headers: Any, layout: _HeaderLayout) -> bool:
     return _plain_string_list(federation.get(layout.federation_targets))
 
 
-_V1_HEADERS = _HeaderLayout(
-    frozenset(v1.HEADER_FIELDS),
-    ("reply-to", "mc_sender"),
-    "seen-by",
-    frozenset(v1.FEDERATION_FIELDS),
-    ("req", "reply-to"),
-    "target",
-)
-_V2_HEADERS = _HeaderLayout(
-    frozenset(v2.HEADER_FIELDS),
-    ("reply", "sender"),
-    "trace",
-    frozenset(v2.FEDERATION_FIELDS),
-    ("request", "reply"),
-    "targets",
-)
-
-
 def _plain_v1_headers(headers: Any) -> bool:
-    return _plain_headers(headers, _V1_HEADERS)
+    return _plain_headers(headers, v1.HEADERS)
 
 
 def _plain_v2_headers(headers: Any) -> bool:
-    return _plain_headers(headers, _V2_HEADERS)
+    return _plain_headers(headers, v2.HEADERS)
 
 
 def _plain_string_triples(value: Any) -> bool:

@@ -17,7 +17,7 @@ import binascii
 from typing import Any
 
 from choria_broker_adapters.codec.jsonfast import GoObject, NeedPrecise
-from choria_broker_adapters.codec.protocol.model import DecodeError
+from choria_broker_adapters.codec.protocol.model import DecodeError, HeaderLayout
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -124,3 +124,28 @@ def go_string_tuples(value: Any, where: str, size: int) -> None:
     for item in go_list(value, where):
         for element in go_list(item, f"{where} item")[:size]:
             go_string(element, f"{where} item")
+
+
+def missing_keys(doc: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """The `keys` absent from `doc`, quoted and comma separated, for a schema error."""
+    return ", ".join(f"'{key}'" for key in keys if key not in doc)
+
+
+def schema_integer(value: Any) -> bool:
+    """What a JSON-schema validator counts as an integer (the strict Go decode comes after)."""
+    return type(value) is int or (type(value) is float and value.is_integer())
+
+
+def check_headers(headers: dict[str, Any], layout: HeaderLayout) -> None:
+    """Decode a transport's headers as Go does, each protocol version under its own names."""
+    fields = struct_fields(headers, layout.fields)
+    for name in layout.strings:
+        go_string(fields.get(name), f"transport: headers.{name}")
+    go_string_tuples(fields.get(layout.trail), f"transport: headers.{layout.trail}", 3)
+    federation = go_object(fields.get("federation"), "transport: headers.federation")
+    if federation is not None:
+        federation_fields = struct_fields(federation, layout.federation_fields)
+        for name in layout.federation_strings:
+            go_string(federation_fields.get(name), f"transport: headers.federation.{name}")
+        targets = layout.federation_targets
+        go_string_list(federation_fields.get(targets), f"transport: headers.federation.{targets}")

@@ -92,3 +92,15 @@ class DecodeError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderLayout:
+    """Where one protocol version keeps the same header values under its own names."""
+
+    fields: frozenset[str]
+    strings: tuple[str, str]  # optional strings: reply subject, sender
+    trail: str  # [][3]string of servers seen
+    federation_fields: frozenset[str]
+    federation_strings: tuple[str, str]  # optional strings: request id, reply subject
+    federation_targets: str  # []string

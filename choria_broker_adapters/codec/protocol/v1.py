@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from choria_broker_adapters.codec.protocol import gotypes
 from choria_broker_adapters.codec.protocol.filter import check_filter_schema, decode_filter
 from choria_broker_adapters.codec.protocol.gotypes import (
     go_int64,
     go_object,
     go_string,
-    go_string_list,
-    go_string_tuples,
+    missing_keys,
+    schema_integer,
     struct_fields,
 )
 from choria_broker_adapters.codec.protocol.model import (
@@ -25,6 +26,7 @@ from choria_broker_adapters.codec.protocol.model import (
     V1_SECURE_REQUEST,
     DecodeError,
     Envelope,
+    HeaderLayout,
 )
 
 NANOS = 1_000_000_000
@@ -43,26 +45,18 @@ _SECURE_REQUEST_REQUIRED = frozenset({"protocol", "message", "signature", "pubce
 _REQUEST_REQUIRED = frozenset({"protocol", "message", "envelope"})
 
 
-def _missing(doc: dict[str, Any], keys: tuple[str, ...]) -> str:
-    return ", ".join(f"'{key}'" for key in keys if key not in doc)
-
-
-def _schema_integer(value: Any) -> bool:
-    # What a JSON-schema validator counts as an integer (the strict Go decode comes after).
-    return type(value) is int or (type(value) is float and value.is_integer())
+HEADERS = HeaderLayout(
+    frozenset(HEADER_FIELDS),
+    ("reply-to", "mc_sender"),
+    "seen-by",
+    frozenset(FEDERATION_FIELDS),
+    ("req", "reply-to"),
+    "target",
+)
 
 
 def check_headers(headers: dict[str, Any]) -> None:
-    fields = struct_fields(headers, HEADER_FIELDS)
-    go_string(fields.get("reply-to"), "transport: headers.reply-to")
-    go_string(fields.get("mc_sender"), "transport: headers.mc_sender")
-    go_string_tuples(fields.get("seen-by"), "transport: headers.seen-by", 3)
-    federation = go_object(fields.get("federation"), "transport: headers.federation")
-    if federation is not None:
-        federation_fields = struct_fields(federation, FEDERATION_FIELDS)
-        go_string(federation_fields.get("req"), "transport: headers.federation.req")
-        go_string(federation_fields.get("reply-to"), "transport: headers.federation.reply-to")
-        go_string_list(federation_fields.get("target"), "transport: headers.federation.target")
+    gotypes.check_headers(headers, HEADERS)
 
 
 def secure_request(doc: Any) -> tuple[str, str]:
@@ -71,7 +65,7 @@ def secure_request(doc: Any) -> tuple[str, str]:
     if not isinstance(doc, dict):
         raise DecodeError(f"{where} not a JSON object")
     if not doc.keys() >= _SECURE_REQUEST_REQUIRED:
-        missing = _missing(doc, ("protocol", "message", "signature", "pubcert"))
+        missing = missing_keys(doc, ("protocol", "message", "signature", "pubcert"))
         raise DecodeError(f"{where} missing properties: {missing}")
     if doc["protocol"] != V1_SECURE_REQUEST or type(doc["protocol"]) is not str:
         raise DecodeError(f"{where} protocol is not {V1_SECURE_REQUEST}")
@@ -92,7 +86,7 @@ def _check_request_schema(doc: Any) -> None:
     if not isinstance(doc, dict):
         raise DecodeError(f"{where} not a JSON object")
     if not doc.keys() >= _REQUEST_REQUIRED:
-        missing = _missing(doc, ("protocol", "message", "envelope"))
+        missing = missing_keys(doc, ("protocol", "message", "envelope"))
         raise DecodeError(f"{where} missing properties: {missing}")
     if doc["protocol"] != V1_REQUEST or type(doc["protocol"]) is not str:
         raise DecodeError(f"{where} protocol is not {V1_REQUEST}")
@@ -103,7 +97,7 @@ def _check_request_schema(doc: Any) -> None:
     if not isinstance(envelope, dict):
         raise DecodeError(f"{where} envelope is not an object")
     if not envelope.keys() >= REQUEST_ENVELOPE_FIELDS:
-        missing = _missing(
+        missing = missing_keys(
             envelope, ("requestid", "senderid", "callerid", "collective", "agent", "ttl", "time", "filter")
         )
         raise DecodeError(f"{where} envelope is missing {missing}")
@@ -117,9 +111,9 @@ def _check_request_schema(doc: Any) -> None:
         if type(value) is not str or not value:
             raise DecodeError(f"{where} envelope.{key} is not a non-empty string")
     ttl = envelope["ttl"]
-    if not _schema_integer(ttl) or ttl < 30:
+    if not schema_integer(ttl) or ttl < 30:
         raise DecodeError(f"{where} envelope.ttl is not an integer of at least 30")
-    if not _schema_integer(envelope["time"]):
+    if not schema_integer(envelope["time"]):
         raise DecodeError(f"{where} envelope.time is not an integer")
     check_filter_schema(envelope["filter"], "request: envelope.filter")
 

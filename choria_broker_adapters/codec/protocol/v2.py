@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from choria_broker_adapters.codec.protocol import gotypes
 from choria_broker_adapters.codec.protocol.filter import check_filter_schema, decode_filter
 from choria_broker_adapters.codec.protocol.gotypes import (
     go_bytes,
     go_int64,
-    go_object,
     go_string,
-    go_string_list,
-    go_string_tuples,
+    missing_keys,
+    schema_integer,
     struct_fields,
 )
 from choria_broker_adapters.codec.protocol.model import (
@@ -25,6 +25,7 @@ from choria_broker_adapters.codec.protocol.model import (
     V2_SECURE_REQUEST,
     DecodeError,
     Envelope,
+    HeaderLayout,
 )
 
 HEADER_FIELDS = frozenset({"reply", "sender", "trace", "federation"})
@@ -42,25 +43,18 @@ _REQUEST_REQUIRED = REQUEST_FIELDS - {"filter"}
 TIME_SCHEMA_MAXIMUM = 18446744073709551615
 
 
-def _missing(doc: dict[str, Any], keys: tuple[str, ...]) -> str:
-    return ", ".join(f"'{key}'" for key in keys if key not in doc)
-
-
-def _schema_integer(value: Any) -> bool:
-    return type(value) is int or (type(value) is float and value.is_integer())
+HEADERS = HeaderLayout(
+    frozenset(HEADER_FIELDS),
+    ("reply", "sender"),
+    "trace",
+    frozenset(FEDERATION_FIELDS),
+    ("request", "reply"),
+    "targets",
+)
 
 
 def check_headers(headers: dict[str, Any]) -> None:
-    fields = struct_fields(headers, HEADER_FIELDS)
-    go_string(fields.get("reply"), "transport: headers.reply")
-    go_string(fields.get("sender"), "transport: headers.sender")
-    go_string_tuples(fields.get("trace"), "transport: headers.trace", 3)
-    federation = go_object(fields.get("federation"), "transport: headers.federation")
-    if federation is not None:
-        federation_fields = struct_fields(federation, FEDERATION_FIELDS)
-        go_string(federation_fields.get("request"), "transport: headers.federation.request")
-        go_string(federation_fields.get("reply"), "transport: headers.federation.reply")
-        go_string_list(federation_fields.get("targets"), "transport: headers.federation.targets")
+    gotypes.check_headers(headers, HEADERS)
 
 
 def secure_request(doc: Any) -> tuple[str, bytes]:
@@ -69,7 +63,7 @@ def secure_request(doc: Any) -> tuple[str, bytes]:
     if not isinstance(doc, dict):
         raise DecodeError(f"{where} not a JSON object")
     if not doc.keys() >= _SECURE_REQUEST_REQUIRED:
-        missing = _missing(doc, ("protocol", "request", "signature", "caller"))
+        missing = missing_keys(doc, ("protocol", "request", "signature", "caller"))
         raise DecodeError(f"{where} missing properties: {missing}")
     if doc["protocol"] != V2_SECURE_REQUEST or type(doc["protocol"]) is not str:
         raise DecodeError(f"{where} protocol is not {V2_SECURE_REQUEST}")
@@ -92,7 +86,7 @@ def _check_request_schema(doc: Any) -> None:
     where = "request:"
     if not isinstance(doc, dict):
         raise DecodeError(f"{where} not a JSON object")
-    missing = _missing(
+    missing = missing_keys(
         doc, ("protocol", "message", "id", "sender", "caller", "collective", "agent", "ttl", "time")
     )
     if missing:
@@ -104,10 +98,10 @@ def _check_request_schema(doc: Any) -> None:
         if type(value) is not str or not value:
             raise DecodeError(f"{where} {key} is not a non-empty string")
     ttl = doc["ttl"]
-    if not _schema_integer(ttl) or ttl < 1:
+    if not schema_integer(ttl) or ttl < 1:
         raise DecodeError(f"{where} ttl is not an integer of at least 1")
     time = doc["time"]
-    if not _schema_integer(time) or not 1 <= time <= TIME_SCHEMA_MAXIMUM:
+    if not schema_integer(time) or not 1 <= time <= TIME_SCHEMA_MAXIMUM:
         raise DecodeError(f"{where} time is not a positive integer (Unix nanoseconds)")
     if "filter" in doc:
         check_filter_schema(doc["filter"], "request: filter")
