@@ -1,11 +1,14 @@
 """Real `puppet apply` of choria::broker installing the runtime from a wheel built here.
 
 One life cycle, each step a `puppet apply --detailed-exitcodes` in the same isolated dirs
-(see test_puppet_render.py): install into a temporary virtualenv and start the service; apply
-again and nothing changes; change one adapter key and only the file changes, restarting the
-service; install a newer wheel and the service restarts; `ensure => absent` removes the unit,
-the file and the virtualenv. The unit Puppet wrote passes `systemd-analyze verify` with the
-installed executable in place.
+(see test_puppet_render.py): install into a temporary virtualenv, write the file and start the
+service, in that order; apply again and nothing changes; change one adapter key and only the
+file changes, restarting the service; install a newer wheel and only the virtualenv changes,
+restarting the service; `ensure => absent` removes the unit, the file and the virtualenv. The
+unit Puppet wrote passes `systemd-analyze verify` with the installed executable in place. Each
+step is checked twice: in puppet's output and in the report it keeps of the run
+(`last_run_report.yaml`: which resources changed, the service's `refresh` event, the count of
+restarted resources).
 
 No systemd runs here, so the site manifest gives the module's service resource Puppet's `base`
 provider, whose start, stop, status and restart commands record each call in a file, and puts
@@ -17,6 +20,7 @@ directory between runs, so a rerun downloads nothing.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.test_puppet_render import REPO, PuppetRun, puppet_apply
 
@@ -139,13 +144,64 @@ def output(run: PuppetRun) -> str:
     return run.stdout + run.stderr
 
 
+class _ReportLoader(yaml.SafeLoader):
+    """Reads puppet's report, whose objects carry Ruby type tags, as plain mappings."""
+
+
+_ReportLoader.add_multi_constructor(
+    "!ruby/", lambda loader, suffix, node: loader.construct_mapping(node, deep=True)
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What puppet's own report of the last run says changed."""
+
+    data: dict[str, Any]
+
+    @classmethod
+    def last(cls, site: Site) -> Report:
+        text = (site.workdir / "var" / "state" / "last_run_report.yaml").read_text()
+        return cls(yaml.load(text, Loader=_ReportLoader))
+
+    @property
+    def status(self) -> str:
+        return str(self.data["status"])
+
+    def changed(self) -> set[str]:
+        return {name for name, status in self.data["resource_statuses"].items() if status["changed"]}
+
+    def events(self, resource: str) -> list[tuple[str, str]]:
+        status = self.data["resource_statuses"][resource]
+        return [(str(event["name"]), str(event["status"])) for event in status["events"]]
+
+    def restarted(self) -> int:
+        values = self.data["metrics"]["resources"]["values"]
+        return next(int(count) for name, _label, count in values if name == "restarted")
+
+
+_NOTICE = re.compile(r"^Notice: /Stage\[main\]/[^/]+/([A-Z][a-z]*\[.*?\])[/:]", re.MULTILINE)
+
+
+def notices(run: PuppetRun) -> list[str]:
+    """The resource of each `Notice: /Stage[main]/Class/Type[title]...` line, in order, once."""
+    return list(dict.fromkeys(_NOTICE.findall(run.stdout)))
+
+
 def test_life_cycle(site: Site) -> None:
     site.unit_file.parent.mkdir(parents=True)
+    service = f"Service[{SERVICE}]"
+    unit = f"File[{UNIT_TITLE}]"
+    package = "Exec[choria-broker-adapters package]"
+    virtualenv = "Exec[choria-broker-adapters virtualenv]"
 
-    # 1. Install, write the file and the unit, start the service.
+    # 1. Install, write the file and the unit, start the service: in that order.
     first = site.apply({"node_data": NODE_DATA})
     assert first.returncode == 2, output(first)
-    assert "Exec[choria-broker-adapters package]/returns: executed successfully" in first.stdout, first.stdout
+    config = f"File[{first.config_file}]"
+    assert f"{package}/returns: executed successfully" in first.stdout, first.stdout
+    assert notices(first) == [virtualenv, package, config, unit, service], first.stdout
+    assert f"{service}/ensure: ensure changed 'stopped' to 'running'" in first.stdout
     assert site.installed_version() == "0.1.0"
     console_script = site.install_dir / "bin" / "choria-broker-adapters"
     assert f"ExecStart={console_script} run --config {first.config_file}\n" in site.unit_file.read_text()
@@ -158,43 +214,54 @@ def test_life_cycle(site: Site) -> None:
         )
         assert (verify.returncode, verify.stdout + verify.stderr) == (0, "")
 
-    # 2. The same catalog again: nothing to do (exit 0), no command run.
+    # 2. The same catalog again: nothing to do (exit 0), no command run, nothing restarted.
     second = site.apply({"node_data": NODE_DATA})
     assert second.returncode == 0, output(second)
     assert "Exec[" not in second.stdout, second.stdout
+    assert notices(second) == [], second.stdout
+    report = Report.last(site)
+    assert (report.status, report.changed(), report.restarted()) == ("unchanged", set(), 0)
     assert site.call_log() == ["start"]
 
-    # 3. One adapter key changes: the file changes, the service restarts, nothing is installed.
+    # 3. One adapter key changes: the file changes and notifies the service, which restarts;
+    # the unit stays as it was (so the file's notification alone restarts the service) and
+    # nothing is installed. (A workers change would also change LimitNOFILE in the unit.)
     before = first.config_file.read_text()
-    changed = {**NODE_DATA, "ingest": {**NODE_DATA["ingest"], "workers": 12}}
+    unit_before = site.unit_file.read_bytes()
+    changed = {**NODE_DATA, "stream": {"topic": "choria.node_data.%s"}}
     third = site.apply({"node_data": changed})
     assert third.returncode == 2, output(third)
-    after = third.config_file.read_text()
-    assert after == before.replace("ingest.workers = 10\n", "ingest.workers = 12\n") != before
-    assert f"File[{third.config_file}]/content: content changed" in third.stdout
-    # Notified once per path (file, class): several events, one restart.
-    assert f"Service[{SERVICE}]: Triggered 'refresh' from" in third.stdout, third.stdout
-    assert "Exec[" not in third.stdout, third.stdout
+    old_line, new_line = "stream.topic = choria.node_metadata.%s\n", "stream.topic = choria.node_data.%s\n"
+    assert old_line in before
+    assert third.config_file.read_text() == before.replace(old_line, new_line)
+    assert site.unit_file.read_bytes() == unit_before
+    assert f"{config}/content: content changed" in third.stdout
+    assert notices(third) == [config, service], third.stdout
+    # Notified along two paths (the file, and its class to the service's class): one restart.
+    assert f"{service}: Triggered 'refresh' from" in third.stdout, third.stdout
     assert site.call_log() == ["start", "restart"]
-    # The report Puppet keeps of its last run says the same.
-    report = (site.workdir / "var" / "state" / "last_run_report.yaml").read_text()
-    assert "\nstatus: changed\n" in report
-    assert "Triggered 'refresh' from" in report
+    report = Report.last(site)
+    assert (report.status, report.changed(), report.restarted()) == ("changed", {config, service}, 1)
+    assert report.events(service) == [("refresh", "success")]
 
-    # 4. A newer release: installed over the old one, and the service restarts.
+    # 4. A newer release: installed over the old one, and the service restarts; the file and
+    # the unit stay as they were, so the new release alone restarts the service.
     fourth = site.apply({"node_data": changed}, version="0.1.1")
     assert fourth.returncode == 2, output(fourth)
-    assert "Exec[choria-broker-adapters package]/returns: executed successfully" in fourth.stdout, (
-        fourth.stdout
-    )
-    assert f"Service[{SERVICE}]: Triggered 'refresh' from" in fourth.stdout, fourth.stdout
+    assert f"{package}/returns: executed successfully" in fourth.stdout, fourth.stdout
+    assert notices(fourth) == [package, service], fourth.stdout
+    assert f"{service}: Triggered 'refresh' from" in fourth.stdout, fourth.stdout
     assert site.installed_version() == "0.1.1"
     assert site.call_log() == ["start", "restart", "restart"]
+    report = Report.last(site)
+    assert (report.status, report.changed(), report.restarted()) == ("changed", {package, service}, 1)
+    assert report.events(service) == [("refresh", "success")]
 
     # 5. Absent: the service stops first, then the file, the unit and the virtualenv go.
     fifth = site.apply({"node_data": changed}, version="0.1.1", ensure="absent")
     assert fifth.returncode == 2, output(fifth)
     assert site.call_log() == ["start", "restart", "restart", "stop"]
+    assert notices(fifth)[0] == service, fifth.stdout
     assert not fifth.config_file.exists()
     assert not site.unit_file.exists()
     assert not site.install_dir.exists()
