@@ -3,7 +3,8 @@
 Each data set in tests/data/render/ is hiera-style YAML. It reaches Puppet either as the site's
 hiera data (with `include choria::broker`) or as the parameters of a resource-like class
 declaration in a manifest; either way the file Puppet writes must equal
-`render_broker_config(data)`. Bad data must fail under both, each naming the key.
+`render_broker_config(data)`; so must one data set built here, protocol v2 with the adapter
+keys that came with it (`v2_with_new_keys`). Bad data must fail under both, each naming the key.
 
 Every `puppet apply` runs isolated in its own temporary confdir/vardir/codedir/ssldir/publicdir
 with its own hiera.yaml, facts from a JSON file (no facter run, nothing read from the host), and
@@ -30,6 +31,7 @@ import pytest
 import yaml
 
 from choria_broker_adapters.config.render import RenderError, render_broker_config
+from choria_broker_adapters.config.settings import load_settings
 
 pytestmark = [
     pytest.mark.puppet,
@@ -194,6 +196,47 @@ VALID_CASES: list[tuple[str, str]] = [
 ]
 
 NODE_DATA = {"type": "choria_streams", "ingest": {"topic": "choria.discovery", "protocol": "request"}}
+
+
+def v2_with_new_keys() -> dict[str, Any]:
+    """Protocol v2 together with the adapter keys the runtime gained with it (verification,
+    publish mode, stream settings), in one file: the provider's lines and the adapters' lines
+    come from different parts of both renderers, so each data set alone would not show them
+    meeting. Two adapters, given unsorted, one with `type` inside `stream`."""
+    data = load("choria_v2_provider")
+    data["choria::broker::adapters"] = {
+        "replies": {
+            "ingest": {"topic": "choria.reply.>", "protocol": "reply", "verify": "warn"},
+            "stream": {
+                "type": "jetstream",
+                "topic": "choria.replies.%s",
+                "publish": "acked",
+                "ack_timeout": "2s",
+                "retry_budget": "1m",
+                "max_pending": 256,
+            },
+        },
+        "node_data": {
+            "type": "choria_streams",
+            "queue_len": 20000,
+            "shutdown_grace": 20,
+            "ingest": {
+                "topic": "choria.broadcast.agent.registration",
+                "protocol": "request",
+                "verify": "enforce",
+                "workers": 5,
+            },
+            "stream": {
+                "topic": "choria.node_metadata.%s",
+                "publish": "batched",
+                "name": "CHORIA_NODE_DATA",
+                "subjects": ["choria.node_metadata.>"],
+                "max_msgs_per_subject": 1,
+                "duplicate_window": "10m",
+            },
+        },
+    }
+    return data
 
 
 def bad_adapter(name: str, **adapter: Any) -> dict[str, Any]:
@@ -386,6 +429,8 @@ def puppet_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         "manifest",
     )
     jobs["certname_identity"] = ({"choria::broker::adapters": {"node_data": NODE_DATA}}, "hiera")
+    for via in ("hiera", "manifest"):
+        jobs[f"v2_with_new_keys-{via}"] = (v2_with_new_keys(), via)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=PARALLEL_RUNS) as pool:
         futures = {
@@ -408,6 +453,30 @@ def test_puppet_and_python_write_the_same_bytes(
     assert run.returncode == 2, run.stderr + run.stdout
     assert run.content == render_broker_config(load(case[0]))
     assert run.config_file.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("via", ["hiera", "manifest"])
+def test_v2_provider_and_the_new_adapter_keys_give_the_same_bytes(
+    via: str, puppet_runs: dict[str, PuppetRun]
+) -> None:
+    run = puppet_runs[f"v2_with_new_keys-{via}"]
+    assert run.returncode == 2, run.stderr + run.stdout
+    assert run.content == render_broker_config(v2_with_new_keys())
+    content = run.content or ""
+    for line in (
+        "plugin.security.provider = choria",
+        "plugin.security.issuer.names = choria, production",
+        "plugin.choria.adapter.node_data.ingest.verify = enforce",
+        "plugin.choria.adapter.node_data.stream.publish = batched",
+        "plugin.choria.adapter.replies.type = jetstream",
+        "plugin.choria.adapter.replies.stream.publish = acked",
+    ):
+        assert f"\n{line}\n" in content, line
+    # And the runtime reads that file as meant: v2 issuers, each adapter's verification.
+    settings = load_settings(run.config_file, environ={})
+    assert (settings.protocol_version, sorted(settings.issuers)) == (2, ["choria", "production"])
+    modes = {name: (a.ingest_verify, a.stream_publish) for name, a in settings.adapters.items()}
+    assert modes == {"node_data": ("enforce", "batched"), "replies": ("warn", "acked")}
 
 
 def test_every_data_set_is_in_the_table() -> None:
