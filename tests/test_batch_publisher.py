@@ -368,7 +368,7 @@ async def test_auto_chooses_by_the_stream_logs_it_and_shows_it(
         await runtime.wait_subscribed(4)
         messages = small_fleet(500, tag="auto")
         await reliability_publish(choria.url, payloads(messages))
-        counts = await runtime.wait_settled(30)
+        counts = await runtime.wait_settled(30, received=500)
         adapter = await runtime.adapter()
     finally:
         runtime.process.terminate()
